@@ -13,7 +13,7 @@ def render(nb):
     parts = []
     for c in nb['cells']:
         src = ''.join(c['source']).rstrip()
-        if c['cell_type'] == 'markdown': parts.append(src); continue
+        if c['cell_type'] == 'markdown': parts.append(src.replace('](images/', '](nbs/images/')); continue
         lines = src.splitlines()
         if any(l.strip() in ('#| hide', '#|hide', '#| include: false') for l in lines): continue
         code = '\n'.join(l for l in lines if not l.startswith('#|')).strip()

@@ -5,13 +5,13 @@
 # %% auto #0
 __all__ = ['SCHEMES', 'block_boundaries', 'Partition', 'split_layers', 'MaskPartition']
 
-# %% ../nbs/02_partition.ipynb #d86616ea
+# %% ../nbs/02_partition.ipynb #67ad6675
 import math
 from dataclasses import dataclass, field
 import torch
 from .noise import EDMConfig, TruncatedLogNormal
 
-# %% ../nbs/02_partition.ipynb #6bd18787
+# %% ../nbs/02_partition.ipynb #6698a3b8
 SCHEMES = ('equal-mass', 'log-uniform', 'linear')
 
 def block_boundaries(blocks:int,                # number of blocks B
@@ -29,7 +29,7 @@ def block_boundaries(blocks:int,                # number of blocks B
     b[0], b[-1] = hi, lo
     return b.tolist()
 
-# %% ../nbs/02_partition.ipynb #369c151f
+# %% ../nbs/02_partition.ipynb #0ad85a8a
 @dataclass(frozen=True)
 class Partition:
     "B noise intervals, block 0 = highest noise; nominal ranges route inference, widened ranges feed training."
@@ -84,7 +84,7 @@ class Partition:
         return [dict(index=k, sigma_hi=self.nominal(k)[0], sigma_lo=self.nominal(k)[1], train_hi=self.train_range(k)[0],
                      train_lo=self.train_range(k)[1], mass=self.mass(k)) for k in range(self.num_blocks)]
 
-# %% ../nbs/02_partition.ipynb #3e479721
+# %% ../nbs/02_partition.ipynb #b10060cb
 def split_layers(num_layers:int,   # L
                  num_blocks:int,   # B
                  sizes=None,       # optional explicit sizes per block, execution order, summing to L
@@ -101,7 +101,7 @@ def split_layers(num_layers:int,   # L
     starts = [sum(sizes[:i]) for i in range(num_blocks)]
     return [range(s, s + n) for s, n in zip(starts, sizes)]
 
-# %% ../nbs/02_partition.ipynb #960a5d4e
+# %% ../nbs/02_partition.ipynb #5acd8533
 @dataclass(frozen=True)
 class MaskPartition:
     "B masking-time intervals with equal α decrements; block 0 = most masked (t near 1)."
