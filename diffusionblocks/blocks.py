@@ -6,7 +6,7 @@
 __all__ = ['TaskAdapter', 'ContinuousTarget', 'EmbeddingTarget', 'Block', 'DiffusionBlocks', 'denoise_block', 'block_loss',
            'VectorAdapter', 'vector_blocks', 'summary']
 
-# %% ../nbs/04_blocks.ipynb #761d36f0
+# %% ../nbs/04_blocks.ipynb #bdd7f691
 import copy
 import torch, torch.nn as nn, torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
@@ -14,16 +14,16 @@ from .noise import EDMConfig, c_skip, c_out, c_in, c_noise, loss_weight
 from .partition import Partition, split_layers
 from .layers import SigmaEmbedder, AdaLNZeroLayer, ModulatedOutput
 
-# %% ../nbs/04_blocks.ipynb #adad69f7
+# %% ../nbs/04_blocks.ipynb #d7c8fee2
 class TaskAdapter(nn.Module):
     "How a task plugs into DiffusionBlocks; subclass and implement stem, condition and readout (and head for discrete targets)."
     def stem(self, z_in, **cond): "Tokens (N, T, d) from the scaled noisy target c_in·z_σ and the conditioning inputs."; raise NotImplementedError
-    def condition(self, c_noise, **cond): "Conditioning vector (N, d_c) from c_noise = ¼ ln σ (N,) and e.g. a class label."; raise NotImplementedError
+    def condition(self, c_noise, generator=None, **cond): "Conditioning vector (N, d_c) from c_noise = ¼ ln σ (N,) and e.g. a class label (`generator`: for any training-time randomness, e.g. label dropout)."; raise NotImplementedError
     def readout(self, h, c): "Network output F in target space from the final tokens."; raise NotImplementedError
     def head(self, D, c): "Logits from the denoised embedding D (discrete targets only)."; raise NotImplementedError
     def layer_kwargs(self, **cond): "Extra keyword arguments for every layer (e.g. an attention mask)."; return {}
 
-# %% ../nbs/04_blocks.ipynb #1ceac789
+# %% ../nbs/04_blocks.ipynb #b6a0fc4c
 class ContinuousTarget(nn.Module):
     "Continuous targets (pixels, latents) are diffused as they are."
     discrete = False
@@ -48,21 +48,21 @@ class EmbeddingTarget(nn.Module):
         ce = F.cross_entropy(logits.float().flatten(0, -2), y.flatten(), reduction='none')
         return ce.view(y.shape[0], -1).mean(1)
 
-# %% ../nbs/04_blocks.ipynb #10a4d38e
+# %% ../nbs/04_blocks.ipynb #13e1c2c5
 class Block(nn.Module):
     "One denoiser block F_k: adapter stem → its layers → adapter readout."
     def __init__(self, adapter:TaskAdapter, layers):
         super().__init__()
         self.adapter, self.layers, self.checkpointing = adapter, nn.ModuleList(layers), False
-    def forward(self, z_in, c_noise, **cond):
+    def forward(self, z_in, c_noise, generator=None, **cond):
         "F (target space) and the conditioning vector c."
-        h, c = self.adapter.stem(z_in, **cond), self.adapter.condition(c_noise, **cond)  # (N, T, d), (N, d_c)
+        h, c = self.adapter.stem(z_in, **cond), self.adapter.condition(c_noise, generator=generator, **cond)  # (N, T, d), (N, d_c)
         kw = self.adapter.layer_kwargs(**cond)
         for layer in self.layers:
             h = checkpoint(layer, h, c, use_reentrant=False, **kw) if self.checkpointing and torch.is_grad_enabled() else layer(h, c, **kw)
         return self.adapter.readout(h, c), c
 
-# %% ../nbs/04_blocks.ipynb #8054f0b7
+# %% ../nbs/04_blocks.ipynb #e30bcaa5
 def _expand(s, like): return s.reshape(-1, *[1] * (like.ndim - 1))  # (N,) -> (N, 1, ..., 1)
 
 def _select(cond, mask):
@@ -105,12 +105,12 @@ class DiffusionBlocks(nn.Module):
         for b in self.blocks: b.checkpointing = on
         return self
 
-# %% ../nbs/04_blocks.ipynb #cbdd142c
-def denoise_block(self:DiffusionBlocks, k:int, z, sigma, **cond):
+# %% ../nbs/04_blocks.ipynb #f26d65cd
+def denoise_block(self:DiffusionBlocks, k:int, z, sigma, generator=None, **cond):
     "Block k's denoiser D_k(z; σ) = c_skip·z + c_out·F_k(c_in·z; c_noise): returns (D, logits or None, c)."
     sigma = torch.as_tensor(sigma, device=z.device, dtype=torch.float32).expand(z.shape[0])  # (N,)
     s = _expand(sigma, z)
-    Fk, c = self.blocks[k](c_in(s, self.edm.sigma_data) * z, c_noise(sigma), **cond)
+    Fk, c = self.blocks[k](c_in(s, self.edm.sigma_data) * z, c_noise(sigma), generator=generator, **cond)
     D = c_skip(s, self.edm.sigma_data) * z + c_out(s, self.edm.sigma_data) * Fk.to(z.dtype)
     logits = self.blocks[k].adapter.head(D, c) if self.target.discrete else None
     return D, logits, c
@@ -130,17 +130,17 @@ def _forward(self:DiffusionBlocks, z, sigma, **cond):
     return out
 DiffusionBlocks.forward = _forward
 
-# %% ../nbs/04_blocks.ipynb #16a37efd
+# %% ../nbs/04_blocks.ipynb #cec02200
 def block_loss(self:DiffusionBlocks,
                k:int,            # which block to train
                y,                # clean targets: (N, ...) floats, or (N, ...) class/token ids
-               generator=None,   # torch.Generator on y's device, for σ and ε
+               generator=None,   # torch.Generator on y's device, for σ, ε (and the adapter's randomness, e.g. label dropout)
                **cond):          # conditioning inputs for the adapter (e.g. x=image, labels=...)
     "λ-weighted loss of block k on a batch: (scalar loss, dict of detached stats)."
     y0 = self.target.encode(y)                                         # (N, ...) clean target in diffusion space
     sigma = self.partition.sample_sigma(k, y0.shape[0], generator, y0.device)  # (N,) from the widened range
     eps = torch.randn(y0.shape, generator=generator, device=y0.device, dtype=y0.dtype)
-    D, logits, _ = self.denoise_block(k, y0 + _expand(sigma, y0) * eps, sigma, **cond)
+    D, logits, _ = self.denoise_block(k, y0 + _expand(sigma, y0) * eps, sigma, generator=generator, **cond)
     per = self.target.loss(D, logits, y, y0)                           # (N,)
     w = loss_weight(sigma, self.edm.sigma_data)
     if self.weight_clamp is not None: w = w.clamp(max=self.weight_clamp)
@@ -148,7 +148,7 @@ def block_loss(self:DiffusionBlocks,
     return loss, {'loss': loss.detach(), 'loss_unweighted': per.mean().detach()}
 DiffusionBlocks.loss = block_loss
 
-# %% ../nbs/04_blocks.ipynb #b4ffc60f
+# %% ../nbs/04_blocks.ipynb #a4412172
 class VectorAdapter(TaskAdapter):
     "Stem/readout for vector targets (N, D): one token for c_in·z, one more per conditioning vector x (N, X)."
     def __init__(self, dim:int, width:int, cond_dim:int, x_dim:int=0):
@@ -168,7 +168,7 @@ def vector_blocks(dim:int, blocks:int=3, depth:int=6, width:int=64, heads:int=4,
     layers = [AdaLNZeroLayer(width, heads, cond_dim) for _ in range(depth)]
     return DiffusionBlocks(layers, VectorAdapter(dim, width, cond_dim, x_dim), Partition.make(blocks, scheme, overlap, edm), **kw)
 
-# %% ../nbs/04_blocks.ipynb #64101d78
+# %% ../nbs/04_blocks.ipynb #dd7d1df0
 def summary(self:DiffusionBlocks) -> str:
     "Per-block and shared parameter counts, layer split and noise ranges."
     rows = [f'{"block":>5} {"layers":>7} {"params":>10} {"nominal σ":>19} {"train σ":>19}']
