@@ -6,7 +6,7 @@
 __all__ = ['TaskAdapter', 'ContinuousTarget', 'EmbeddingTarget', 'Block', 'DiffusionBlocks', 'denoise_block', 'block_loss',
            'VectorAdapter', 'vector_blocks', 'summary']
 
-# %% ../nbs/04_blocks.ipynb #bdd7f691
+# %% ../nbs/04_blocks.ipynb #c344a9f1
 import copy
 import torch, torch.nn as nn, torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
@@ -14,7 +14,7 @@ from .noise import EDMConfig, c_skip, c_out, c_in, c_noise, loss_weight
 from .partition import Partition, split_layers
 from .layers import SigmaEmbedder, AdaLNZeroLayer, ModulatedOutput
 
-# %% ../nbs/04_blocks.ipynb #d7c8fee2
+# %% ../nbs/04_blocks.ipynb #683a7707
 class TaskAdapter(nn.Module):
     "How a task plugs into DiffusionBlocks; subclass and implement stem, condition and readout (and head for discrete targets)."
     def stem(self, z_in, **cond): "Tokens (N, T, d) from the scaled noisy target c_in·z_σ and the conditioning inputs."; raise NotImplementedError
@@ -23,7 +23,7 @@ class TaskAdapter(nn.Module):
     def head(self, D, c): "Logits from the denoised embedding D (discrete targets only)."; raise NotImplementedError
     def layer_kwargs(self, **cond): "Extra keyword arguments for every layer (e.g. an attention mask)."; return {}
 
-# %% ../nbs/04_blocks.ipynb #b6a0fc4c
+# %% ../nbs/04_blocks.ipynb #8f795eae
 class ContinuousTarget(nn.Module):
     "Continuous targets (pixels, latents) are diffused as they are."
     discrete = False
@@ -48,7 +48,7 @@ class EmbeddingTarget(nn.Module):
         ce = F.cross_entropy(logits.float().flatten(0, -2), y.flatten(), reduction='none')
         return ce.view(y.shape[0], -1).mean(1)
 
-# %% ../nbs/04_blocks.ipynb #13e1c2c5
+# %% ../nbs/04_blocks.ipynb #f8b15b66
 class Block(nn.Module):
     "One denoiser block F_k: adapter stem → its layers → adapter readout."
     def __init__(self, adapter:TaskAdapter, layers):
@@ -62,7 +62,7 @@ class Block(nn.Module):
             h = checkpoint(layer, h, c, use_reentrant=False, **kw) if self.checkpointing and torch.is_grad_enabled() else layer(h, c, **kw)
         return self.adapter.readout(h, c), c
 
-# %% ../nbs/04_blocks.ipynb #e30bcaa5
+# %% ../nbs/04_blocks.ipynb #02dd9f12
 def _expand(s, like): return s.reshape(-1, *[1] * (like.ndim - 1))  # (N,) -> (N, 1, ..., 1)
 
 def _select(cond, mask):
@@ -105,7 +105,7 @@ class DiffusionBlocks(nn.Module):
         for b in self.blocks: b.checkpointing = on
         return self
 
-# %% ../nbs/04_blocks.ipynb #f26d65cd
+# %% ../nbs/04_blocks.ipynb #1dc751e1
 def denoise_block(self:DiffusionBlocks, k:int, z, sigma, generator=None, **cond):
     "Block k's denoiser D_k(z; σ) = c_skip·z + c_out·F_k(c_in·z; c_noise): returns (D, logits or None, c)."
     sigma = torch.as_tensor(sigma, device=z.device, dtype=torch.float32).expand(z.shape[0])  # (N,)
@@ -130,7 +130,7 @@ def _forward(self:DiffusionBlocks, z, sigma, **cond):
     return out
 DiffusionBlocks.forward = _forward
 
-# %% ../nbs/04_blocks.ipynb #cec02200
+# %% ../nbs/04_blocks.ipynb #b3aefaef
 def block_loss(self:DiffusionBlocks,
                k:int,            # which block to train
                y,                # clean targets: (N, ...) floats, or (N, ...) class/token ids
@@ -148,7 +148,7 @@ def block_loss(self:DiffusionBlocks,
     return loss, {'loss': loss.detach(), 'loss_unweighted': per.mean().detach()}
 DiffusionBlocks.loss = block_loss
 
-# %% ../nbs/04_blocks.ipynb #a4412172
+# %% ../nbs/04_blocks.ipynb #f1c88bf8
 class VectorAdapter(TaskAdapter):
     "Stem/readout for vector targets (N, D): one token for c_in·z, one more per conditioning vector x (N, X)."
     def __init__(self, dim:int, width:int, cond_dim:int, x_dim:int=0):
@@ -168,7 +168,7 @@ def vector_blocks(dim:int, blocks:int=3, depth:int=6, width:int=64, heads:int=4,
     layers = [AdaLNZeroLayer(width, heads, cond_dim) for _ in range(depth)]
     return DiffusionBlocks(layers, VectorAdapter(dim, width, cond_dim, x_dim), Partition.make(blocks, scheme, overlap, edm), **kw)
 
-# %% ../nbs/04_blocks.ipynb #dd7d1df0
+# %% ../nbs/04_blocks.ipynb #11aa57eb
 def summary(self:DiffusionBlocks) -> str:
     "Per-block and shared parameter counts, layer split and noise ranges."
     rows = [f'{"block":>5} {"layers":>7} {"params":>10} {"nominal σ":>19} {"train σ":>19}']

@@ -6,7 +6,7 @@
 __all__ = ['DIT_MODELS', 'get_2d_sincos_pos_embed', 'patchify', 'unpatchify', 'DiTAdapter', 'DiTConfig', 'dit_blocks',
            'dit_param_count', 'guided_denoiser', 'sample_images']
 
-# %% ../nbs/10_dit.ipynb #522f3697
+# %% ../nbs/10_dit.ipynb #05f4f3a2
 import math
 from dataclasses import dataclass
 import torch, torch.nn as nn
@@ -16,7 +16,7 @@ from .layers import SigmaEmbedder, LabelEmbedder, AdaLNZeroLayer, ModulatedOutpu
 from .blocks import TaskAdapter, DiffusionBlocks
 from .sampling import SAMPLERS, cfg_denoiser
 
-# %% ../nbs/10_dit.ipynb #025e393f
+# %% ../nbs/10_dit.ipynb #3f87a7c5
 def _sincos_1d(dim:int, pos):  # pos: (M,) float64 -> (M, dim), order [sin, cos]
     omega = 1. / 10000 ** (torch.arange(dim // 2, dtype=torch.float64, device=pos.device) / (dim / 2.))  # (dim/2,)
     out = pos.reshape(-1)[:, None] * omega[None]                                                       # (M, dim/2)
@@ -34,7 +34,7 @@ def get_2d_sincos_pos_embed(embed_dim:int,  # token width d (divisible by 4)
     gx, gy = torch.meshgrid(grid_w, grid_h, indexing='xy')        # each (gh, gw): gx = column j, gy = row i
     return torch.cat([_sincos_1d(embed_dim // 2, gx), _sincos_1d(embed_dim // 2, gy)], dim=1).float()
 
-# %% ../nbs/10_dit.ipynb #9545c6c2
+# %% ../nbs/10_dit.ipynb #50d3b2e3
 def patchify(x,           # (N, C, H, W)
              patch:int,   # patch size p (divides H and W)
             ):            # -> (N, T, p·p·C), T = (H/p)(W/p), row-major patches, (p, q, c) inside a token
@@ -53,7 +53,7 @@ def unpatchify(x,          # (N, T, p·p·C) tokens
     x = x.reshape(N, gh, gw, patch, patch, channels)
     return torch.einsum('nhwpqc->nchpwq', x).reshape(N, channels, gh * patch, gw * patch)
 
-# %% ../nbs/10_dit.ipynb #af753a84
+# %% ../nbs/10_dit.ipynb #70d1a73e
 class DiTAdapter(TaskAdapter):
     "DiT as a task adapter: patch-embedding stem, σ + label conditioning, modulated readout + unpatchify."
     def __init__(self,
@@ -99,7 +99,7 @@ class DiTAdapter(TaskAdapter):
     def readout(self, h, c):  # h: (N, T, d), c: (N, d) -> F: (N, C, H, W)
         return unpatchify(self.final_layer(h, c), self.patch, self.channels, self.grid)
 
-# %% ../nbs/10_dit.ipynb #7e123855
+# %% ../nbs/10_dit.ipynb #a863454c
 @dataclass(frozen=True)
 class DiTConfig:
     "One DiT size: depth L, width d, heads, patch size p, MLP ratio."
@@ -116,7 +116,7 @@ _SIZES = {'XL': (28, 1152, 16), 'L': (24, 1024, 16), 'B': (12, 768, 12), 'S': (1
 DIT_MODELS = {f'DiT-{s}/{p}': DiTConfig(L, d, h, p) for s, (L, d, h) in _SIZES.items() for p in (2, 4, 8)}
 DIT_MODELS.update({'DiT-T/2': DiTConfig(6, 64, 4, 2), 'DiT-T/4': DiTConfig(6, 64, 4, 4), 'DiT-tiny': DiTConfig(3, 32, 2, 2)})
 
-# %% ../nbs/10_dit.ipynb #660feb98
+# %% ../nbs/10_dit.ipynb #1e23d9bc
 def _dit_config(name) -> DiTConfig:
     if isinstance(name, DiTConfig): return name
     if name not in DIT_MODELS: raise ValueError(f"unknown DiT model {name!r}; known: {', '.join(DIT_MODELS)}")
@@ -146,7 +146,7 @@ def dit_blocks(name,                     # a key of DIT_MODELS (e.g. 'DiT-S/2') 
     model.dit_config = cfg
     return model
 
-# %% ../nbs/10_dit.ipynb #dd4801c5
+# %% ../nbs/10_dit.ipynb #c76936d4
 def dit_param_count(name,            # registry key or DiTConfig
                     image_size,      # H or (H, W)
                     channels:int,    # C
@@ -160,7 +160,7 @@ def dit_param_count(name,            # registry key or DiTConfig
     count = lambda mod: sum(p.numel() for p in mod.parameters())
     return dict(layer=count(layer), adapter=count(adapter), depth=cfg.depth)
 
-# %% ../nbs/10_dit.ipynb #3026e60d
+# %% ../nbs/10_dit.ipynb #4a0f2530
 def guided_denoiser(model:DiffusionBlocks, # a DiT DiffusionBlocks model (eval mode)
                     labels=None,           # (N,) class ids, or None for the unconditional model
                     cfg_scale:float=1.,    # guidance scale s (1: conditional; 0: unconditional)
@@ -174,7 +174,7 @@ def guided_denoiser(model:DiffusionBlocks, # a DiT DiffusionBlocks model (eval m
 def _as_sigma(sigma, z):  # scalar or (N,) -> (N,) float32 on z's device
     return torch.as_tensor(sigma, dtype=torch.float32, device=z.device).expand(z.shape[0])
 
-# %% ../nbs/10_dit.ipynb #24f2cac4
+# %% ../nbs/10_dit.ipynb #7d5e7130
 @torch.no_grad()
 def sample_images(model:DiffusionBlocks,  # a DiT DiffusionBlocks model
                   n:int,                  # number of images
