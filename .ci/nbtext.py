@@ -7,7 +7,7 @@
 Text form: a line `# %%` starts a code cell, `# %% [markdown]` a markdown cell (its lines are the raw markdown).
 The notebook is the source of truth; run `nbdev-clean` after `to-nb`, then `nbdev-export`.
 """
-import json, sys
+import hashlib, json, sys
 from pathlib import Path
 
 CODE, MD = '# %%', '# %% [markdown]'
@@ -36,9 +36,10 @@ def parse(text):
 
 def to_nb(text, kernel='python3'):
     cells = []
-    for kind, src in parse(text):
+    for i, (kind, src) in enumerate(parse(text)):
         lines = src.splitlines(keepends=True)
-        c = {'cell_type': kind, 'metadata': {}, 'source': lines}
+        cid = hashlib.sha1(f'{i}:{src}'.encode()).hexdigest()[:8]   # stable ids: export and clean agree
+        c = {'cell_type': kind, 'id': cid, 'metadata': {}, 'source': lines}
         if kind == 'code': c.update(execution_count=None, outputs=[])
         cells.append(c)
     return {'cells': cells, 'metadata': {'kernelspec': {'display_name': 'python3', 'language': 'python', 'name': kernel}},
