@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['SCHEDULES', 'RESIDENCIES', 'LR_SCHEDULES', 'PRECISIONS', 'RESUME_FREE', 'TrainConfig', 'scale_budget', 'lr_factor',
            'block_budget', 'BlockSchedule', 'InfiniteSampler', 'default_batch_fn', 'as_dataset', 'Offload',
-           'NonFiniteLossError', 'Trainer', 'check_config']
+           'NonFiniteLossError', 'Trainer', 'ema_decay', 'check_config']
 
 # %% ../nbs/08_train.ipynb #5c4967fd
 import math, time, json, bisect, hashlib, dataclasses, itertools
@@ -283,7 +283,14 @@ def _resident(self:Trainer) -> list:
 
 Trainer._place, Trainer._move, Trainer._activate, Trainer.resident = _place, _move, _activate, _resident
 
-# %% ../nbs/08_train.ipynb #38aea30f
+# %% ../nbs/08_train.ipynb #74342911
+def ema_decay(decay:float,  # configured EMA decay d
+              step:int,     # updates this EMA has already absorbed
+             ) -> float:
+    "Warm-up EMA decay min(d, (1 + t)/(10 + t))."
+    return min(decay, (1 + step) / (10 + step))
+
+# %% ../nbs/08_train.ipynb #654f4bbf
 def _step(self:Trainer,
           k:int,    # the block to train
           batch,    # one loader batch, mapped by batch_fn
@@ -303,13 +310,14 @@ def _step(self:Trainer,
         opt.step(); sched.step(); opt.zero_grad(set_to_none=True)       # grads freed: only the active block ever has any
     if cfg.ema:
         with torch.no_grad():
-            for emas, ps in ((self.ema[k], self.params[k]), (self.shared_ema, self.shared)):
-                for n, p in (ps.items() if emas else ()): emas[n].lerp_(p.detach(), 1 - cfg.ema)
+            for emas, ps, s in ((self.ema[k], self.params[k], self.steps[k]), (self.shared_ema, self.shared, self.iteration)):
+                d = ema_decay(cfg.ema, s)                                   # on the block's own step count
+                for n, p in (ps.items() if emas else ()): emas[n].lerp_(p.detach(), 1 - d)
     self.steps[k] += 1
     return {'loss': stats['loss'], 'loss_unweighted': stats['loss_unweighted'], 'grad_norm': grad_norm.detach()}
 Trainer.step = _step
 
-# %% ../nbs/08_train.ipynb #f9507497
+# %% ../nbs/08_train.ipynb #fe02a0e7
 def _batches(self:Trainer):
     "Loader batches from the current iteration on (the sampler resumes at iteration × batch_size samples)."
     if self.data is None: raise ValueError("this Trainer has no data: pass data=..., or drive it with .step(k, batch)")
@@ -382,7 +390,7 @@ def _summary(self:Trainer) -> dict:
 
 Trainer._batches, Trainer._tensorboard, Trainer._flush, Trainer.fit, Trainer.summary = _batches, _tensorboard, _flush, _fit, _summary
 
-# %% ../nbs/08_train.ipynb #4631b8f9
+# %% ../nbs/08_train.ipynb #82d6c616
 def check_config(saved:dict, config:TrainConfig):
     "Refuse (one-line CheckpointError) to resume under settings that would change the results."
     for k, v in config.to_dict().items():
