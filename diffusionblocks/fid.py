@@ -6,14 +6,14 @@
 __all__ = ['frechet_distance', 'FeatureNet', 'train_feature_net', 'extract_features', 'accuracy', 'save_feature_net',
            'load_feature_net', 'feature_net_for', 'local_fid', 'inception_fid']
 
-# %% ../nbs/11_fid.ipynb #059faa0d
+# %% ../nbs/11_fid.ipynb #d22f2cb6
 import math
 from pathlib import Path
 import torch, torch.nn as nn, torch.nn.functional as F
 from safetensors.torch import save_file, load_file
 from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
 
-# %% ../nbs/11_fid.ipynb #91eb8ddb
+# %% ../nbs/11_fid.ipynb #cbd06927
 def frechet_distance(feats1:torch.Tensor,  # (N1, d) features of set 1
                      feats2:torch.Tensor,  # (N2, d) features of set 2
                     ) -> float:
@@ -21,7 +21,7 @@ def frechet_distance(feats1:torch.Tensor,  # (N1, d) features of set 1
     s1, s2 = (fid_features_to_statistics(f.detach().double().cpu()) for f in (feats1, feats2))
     return fid_statistics_to_metric(s1, s2, verbose=False)['frechet_inception_distance']
 
-# %% ../nbs/11_fid.ipynb #a577b631
+# %% ../nbs/11_fid.ipynb #f7634aa3
 class FeatureNet(nn.Module):
     "Small CNN classifier whose penultimate activations serve as local-FID features."
     def __init__(self, channels:int=1, num_classes:int=10, width:int=32, feat_dim:int=64):
@@ -62,7 +62,7 @@ def accuracy(net, images, labels, batch_size:int=512):
     pred = torch.cat([net(images[i:i + batch_size].to(dev).float()).argmax(-1).cpu() for i in range(0, len(images), batch_size)])
     return (pred == labels.cpu()).float().mean().item()
 
-# %% ../nbs/11_fid.ipynb #80fc8184
+# %% ../nbs/11_fid.ipynb #6fd68016
 def save_feature_net(net:FeatureNet, path):
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix('.tmp')
@@ -79,7 +79,7 @@ def load_feature_net(path, channels:int, num_classes:int):
 
 def feature_net_for(name:str, images, labels, num_classes:int, cache_dir, steps:int=600, device=None):
     "The cached local-FID feature net of data set `name`, trained on (images, labels) on first use."
-    path = Path(cache_dir) / f'featurenet-{name}-{images.shape[1]}x{images.shape[2]}x{images.shape[3]}.safetensors'
+    path = Path(cache_dir) / f'featurenet-{name}-s{steps}-{images.shape[1]}x{images.shape[2]}x{images.shape[3]}.safetensors'  # steps in the key: a quick test net never stands in for a real one
     if path.exists(): return load_feature_net(path, images.shape[1], num_classes).to(device or 'cpu')
     net = train_feature_net(images, labels, num_classes, steps=steps, device=device)
     save_feature_net(net, path); return net
@@ -88,7 +88,7 @@ def local_fid(net:FeatureNet, real, fake) -> float:
     "Local FID (not comparable with published FID): Fréchet distance in a FeatureNet's feature space."
     return frechet_distance(extract_features(net, real), extract_features(net, fake))
 
-# %% ../nbs/11_fid.ipynb #267be62a
+# %% ../nbs/11_fid.ipynb #cbcbe305
 class _Images(torch.utils.data.Dataset):
     "uint8 (3, H, W) views of images in [-1, 1], as torch-fidelity's inputs."
     def __init__(self, x): self.x = x

@@ -47,11 +47,12 @@ def make_job(config:str='digits',  # preset name
     job['steps_override'] = steps
     return job
 
-# %% ../nbs/12_main.ipynb #12df1f6d
+# %% ../nbs/12_main.ipynb #486227bb
 def _model(job, data):
     m = job['model']
     cfg = DiTConfig(**m) if isinstance(m, dict) else m
-    return dit_blocks(cfg, data.shape[1:], data.shape[0], data.num_classes, blocks=job['blocks'], overlap=job['overlap'])
+    return dit_blocks(cfg, data.shape[1:], data.shape[0], data.num_classes, blocks=job['blocks'], overlap=job['overlap'],
+                      scheme=job.get('scheme', 'equal-mass'))
 
 def _budget(job, n_train):
     "(iterations, warmup) of this run: the baseline's budget, ×B for DiffusionBlocks; --steps overrides."
