@@ -5,15 +5,16 @@
 # %% auto #0
 __all__ = ['COMMANDS', 'CliError', 'finite', 'build_parser', 'main', 'register_partition', 'run_partition']
 
-# %% ../nbs/06_cli.ipynb #3a2586a0
+# %% ../nbs/06_cli.ipynb #63171013
 import sys, json, math, argparse, importlib
 from .noise import EDMConfig
 from .partition import Partition, SCHEMES
 
-# %% ../nbs/06_cli.ipynb #5b93922b
+# %% ../nbs/06_cli.ipynb #25ccb8f4
 COMMANDS = ['diffusionblocks.cli:register_partition',
             'diffusionblocks.bench:register',
-            'diffusionblocks.main:register']  # module:function; a missing module is skipped
+            'diffusionblocks.main:register',
+            'diffusionblocks.baselines:register']  # module:function; a missing module is skipped
 
 class CliError(ValueError): "A bad command-line value."
 
@@ -52,7 +53,7 @@ def main(argv=None):
         print(msg if msg.startswith('diffusionblocks') else f'diffusionblocks: error: {msg}', file=sys.stderr)
         return 2
 
-# %% ../nbs/06_cli.ipynb #d76eb8b6
+# %% ../nbs/06_cli.ipynb #ab625749
 def register_partition(sub):
     p = sub.add_parser('partition', help='print the noise partition of B blocks')
     p.add_argument('--blocks', type=finite(int), required=True, help='number of blocks B (>= 1)')
@@ -76,5 +77,5 @@ def run_partition(a):
     print(f'{"block":>5}  {"sigma_hi":>9}  {"sigma_lo":>9}  {"train_hi":>9}  {"train_lo":>9}  {"mass":>7}')
     for r in rows: print(f'{r["index"]:>5}  {r["sigma_hi"]:>9.4g}  {r["sigma_lo"]:>9.4g}  {r["train_hi"]:>9.4g}  {r["train_lo"]:>9.4g}  {r["mass"]:>7.4f}')
 
-# %% ../nbs/06_cli.ipynb #f4bd17d9
+# %% ../nbs/06_cli.ipynb #cf4628f8
 if __name__ == '__main__': sys.exit(main())
