@@ -5,8 +5,8 @@
 # %% auto #0
 __all__ = ['PRESETS', 'make_job', 'train_config', 'peak_memory', 'load_run', 'sample_grid', 'evaluate', 'train', 'register']
 
-# %% ../nbs/12_main.ipynb #a765e9e2
-import os, sys, json, time, math, resource, dataclasses
+# %% ../nbs/12_main.ipynb #68b2c78b
+import os, sys, json, time, math, argparse, resource, dataclasses
 from pathlib import Path
 import torch
 from torchvision.utils import make_grid, save_image
@@ -148,8 +148,14 @@ def train(config:str='digits', baseline:bool=False, data=None, steps=None, out=N
     atomic_write(run_dir / 'metrics.json', json.dumps(metrics, indent=1).encode())
     return metrics | {'run_dir': str(run_dir)}
 
-# %% ../nbs/12_main.ipynb #a7760c60
+# %% ../nbs/12_main.ipynb #1dd27b3f
 def _run_train(a):
+    from diffusionblocks import baselines   # classification presets (vit-*) live with the classifiers
+    if a.config in baselines.CLASSIFY_PRESETS:
+        if a.steps is not None: raise ValueError("--steps is for the DiT presets; for a classification preset use `diffusionblocks classify --iterations N`")
+        return baselines._run_classify(argparse.Namespace(config=a.config, method='dblocks', baseline=a.baseline, data=a.data, iterations=None,
+            steps=None, lr=None, blocks=a.blocks, limit=None, test_limit=None, seed=a.seed, out=a.out, device=a.device, workers=None,
+            share_adapter=False, quiet=a.quiet))
     m = train(a.config, a.baseline, a.data, a.steps, a.out, a.device, a.resume, a.blocks, a.seed, not a.quiet, n_eval=a.n_eval)
     fid = f"local FID {m['fid_local']:.3f} (test split vs train: {m['fid_local_test_split']:.3f})" if 'fid_local' in m and m.get('fid_local_test_split') is not None else ''
     print(f"run: {m['run_dir']}\n{m['mode']} B={m['blocks']}: {m['iterations']} iterations in {m['train_seconds']:.0f} s, "
