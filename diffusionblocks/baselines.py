@@ -7,7 +7,7 @@ __all__ = ['METHODS', 'BLOCKWISE', 'CLASSIFY_PRESETS', 'supcon_loss', 'FFUnit', 
            'NoPropDT', 'BackpropCNN', 'CNNDenoiser', 'CNNAdapter', 'cnn_blocks', 'make_classify_job',
            'build_classifier', 'classify_budget', 'hardware', 'load_classify_data', 'train_classify', 'register']
 
-# %% ../nbs/16_local_baselines.ipynb #ab4703b2
+# %% ../nbs/16_local_baselines.ipynb #728073fd
 import os, sys, json, math, time, platform, dataclasses
 from pathlib import Path
 import torch, torch.nn as nn, torch.nn.functional as F
@@ -16,7 +16,7 @@ from .partition import Partition
 from .layers import timestep_embedding
 from .blocks import TaskAdapter, DiffusionBlocks, EmbeddingTarget
 from .partition import split_layers
-from .train import Trainer, TrainConfig, scale_budget
+from .train import Trainer, TrainConfig, scale_budget, default_device
 from .checkpoint import atomic_write
 from .vit import (ViTConfig, vit_config, ViT, ViTEmbed, vit_blocks, classify, evaluate_classifier,
                                  EngineModel, Supervised)
@@ -292,9 +292,7 @@ def classify_budget(job:dict, n_train:int) -> tuple:
     cfg = scale_budget(TrainConfig(iterations=base, warmup=min(warm, base - 1) if base > 1 else 0), job['units'])
     return cfg.iterations, cfg.warmup
 
-# %% ../nbs/16_local_baselines.ipynb #73d2485e
-def _device(device): return torch.device(device if device is not None else 'cuda' if torch.cuda.is_available() else 'cpu')
-
+# %% ../nbs/16_local_baselines.ipynb #62e13d9d
 def hardware(device) -> str:
     "A one-line description of the compute device."
     dev = torch.device(device)
@@ -337,7 +335,7 @@ def train_classify(job,                 # a job dict (`make_classify_job`) or a 
                   ) -> dict:            # metrics (also written to run_dir/metrics.json)
     "Train one method of the classification comparison with the engine, then measure accuracy, ECE and NLL on the test split."
     if isinstance(job, str): job = make_classify_job(job)
-    dev = _device(device)
+    dev = default_device(device)
     tr, te = (train_data, test_data) if train_data is not None else load_classify_data(job)
     from diffusionblocks.data import augmentation
     aug = augmentation(tr, **job['augment'])

@@ -5,14 +5,14 @@
 # %% auto #0
 __all__ = ['PRESETS', 'make_job', 'train_config', 'peak_memory', 'load_run', 'sample_grid', 'evaluate', 'train', 'register']
 
-# %% ../nbs/12_main.ipynb #68b2c78b
+# %% ../nbs/12_main.ipynb #fa4da8fe
 import os, sys, json, time, math, argparse, resource, dataclasses
 from pathlib import Path
 import torch
 from torchvision.utils import make_grid, save_image
 from .data import load_images, data_dir
 from .dit import dit_blocks, DiTConfig, DIT_MODELS, sample_images
-from .train import Trainer, TrainConfig
+from .train import Trainer, TrainConfig, default_device
 from .checkpoint import RunDir, load_weights, atomic_write, CheckpointError
 from .fid import feature_net_for, local_fid, extract_features, frechet_distance
 
@@ -72,16 +72,14 @@ def peak_memory(device) -> tuple:
     if torch.device(device).type == 'cuda': return torch.cuda.max_memory_allocated(device), 'cuda_max_memory_allocated'
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, 'process_peak_rss'
 
-# %% ../nbs/12_main.ipynb #a53495ec
-def _device(device): return torch.device(device if device is not None else 'cuda' if torch.cuda.is_available() else 'cpu')
-
+# %% ../nbs/12_main.ipynb #a75b176e
 def load_run(run_dir, device=None, ema=True):
     "Rebuild a run's model from its config.json and load its last checkpoint (EMA weights when kept): (model, job, data)."
     cfg = RunDir(run_dir).read_config()
     if cfg is None or 'job' not in cfg: raise CheckpointError(f"{run_dir} is not a run directory of `diffusionblocks train` (no config.json with a job)")
     job = cfg['job']
     data = load_images(job['data'], 'train', job['image_size'])
-    model = _model(job, data).to(_device(device))
+    model = _model(job, data).to(default_device(device))
     load_weights(run_dir, model, ema=ema and bool(job['ema']))
     return model.eval(), job, data
 
@@ -99,7 +97,7 @@ def sample_grid(model, data, n:int=100, steps:int=50, cfg_scale:float=2.0, seed:
 
 def evaluate(model, job, data, device=None, n=None, seed:int=1) -> dict:
     "Local FID of n generated images (and of the real test split) against the train split."
-    dev = _device(device); n = n or job['n_eval']
+    dev = default_device(device); n = n or job['n_eval']
     cache = data_dir() / 'featurenets'
     net = feature_net_for(Path(str(data.source)).name.replace(':', '_').replace('/', '_'), data.images, data.labels,
                           data.num_classes, cache, steps=job['feature_steps'], device=dev)
@@ -112,11 +110,11 @@ def evaluate(model, job, data, device=None, n=None, seed:int=1) -> dict:
     return dict(fid_local=local_fid(net, real, x.cpu()), fid_local_test_split=None if test is None else local_fid(net, real, test),
                 n_eval=n, sample_seconds=seconds, sample_steps=job['sample_steps'], cfg_scale=job['cfg_scale'])
 
-# %% ../nbs/12_main.ipynb #0e240314
+# %% ../nbs/12_main.ipynb #afc8d8f3
 def train(config:str='digits', baseline:bool=False, data=None, steps=None, out=None, device=None, resume=None,
           blocks=None, seed:int=0, progress:bool=True, evaluate_run:bool=True, n_eval=None) -> dict:
     "Train (or resume) a DiT run, then sample and measure local FID; returns metrics.json's content."
-    dev = _device(device)
+    dev = default_device(device)
     if resume is not None:
         saved = RunDir(resume).read_config()
         if saved is None or 'job' not in saved: raise CheckpointError(f"cannot resume {resume}: no config.json of a `diffusionblocks train` run")

@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['SCHEDULES', 'RESIDENCIES', 'LR_SCHEDULES', 'PRECISIONS', 'RESUME_FREE', 'TrainConfig', 'scale_budget', 'lr_factor',
            'block_budget', 'BlockSchedule', 'InfiniteSampler', 'default_batch_fn', 'as_dataset', 'Offload',
-           'NonFiniteLossError', 'Trainer', 'ema_decay', 'check_config']
+           'NonFiniteLossError', 'default_device', 'Trainer', 'ema_decay', 'check_config']
 
 # %% ../nbs/08_train.ipynb #5c4967fd
 import math, time, json, bisect, hashlib, dataclasses, itertools
@@ -181,11 +181,15 @@ class Offload:
         "Is t (still) the host buffer of `key`?"
         h = self.host.get(key); return h is not None and h.data_ptr() == t.data_ptr()
 
-# %% ../nbs/08_train.ipynb #2f993d6e
+# %% ../nbs/08_train.ipynb #09a96e76
 class NonFiniteLossError(RuntimeError):
     "A NaN/inf training loss: the run stops and its last checkpoint is left as it was."
 
 RESUME_FREE = ('progress', 'log_every', 'save_every', 'keep', 'num_workers', 'compile', 'tensorboard', 'residency')
+
+def default_device(device=None) -> torch.device:
+    "The given device, else CUDA when available, else the CPU."
+    return torch.device(device if device is not None else 'cuda' if torch.cuda.is_available() else 'cpu')
 
 def _to(x, device): return x.to(device, non_blocking=True) if torch.is_tensor(x) else x
 
@@ -207,7 +211,7 @@ class Trainer:
         self.model, self.config, self.batch_fn, self.data = model, cfg, batch_fn or default_batch_fn, as_dataset(data)
         self.trained = tuple(range(B)) if cfg.blocks is None else cfg.blocks
         if max(self.trained) >= B: raise ValueError(f"TrainConfig.blocks {list(self.trained)} names a block the {B}-block model lacks")
-        self.device = torch.device(device if device is not None else 'cuda' if torch.cuda.is_available() else 'cpu')
+        self.device = default_device(device)
         self.cuda = self.device.type == 'cuda'
         self.amp = self.cuda and cfg.precision == 'bf16'
         if self.cuda and cfg.tf32: torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
