@@ -4,12 +4,12 @@
 
 # %% auto #0
 __all__ = ['ENV_DATA', 'ENV_SHARED', 'SHORTCUTS', 'HUB_DATASETS', 'STATS', 'IMAGE_EXTS', 'GRAMMAR', 'DIGITS_TEST', 'DIGITS_SEED',
-           'TEXT_FILES', 'TEXT8_CHARS', 'DataError', 'repo_root', 'data_dir', 'shared_data_dir', 'parse_source',
-           'ImageData', 'tar_cache_dir', 'extract_tarball', 'hub_offline', 'load_images', 'augmentation',
+           'TEXT_FILES', 'TEXT8_CHARS', 'repo_root', 'data_dir', 'shared_data_dir', 'parse_source', 'ImageData',
+           'content_key', 'tar_cache_dir', 'extract_tarball', 'hub_offline', 'load_images', 'augmentation',
            'augment_batch', 'split_text', 'load_text', 'text8_clean', 'CharVocab']
 
 # %% ../nbs/09_data.ipynb #5450d0a9
-import os, io, re, gzip, zlib, zipfile, tarfile, shutil, tempfile, contextlib, importlib.util
+import os, io, re, gzip, hashlib, zlib, zipfile, tarfile, shutil, tempfile, contextlib, importlib.util
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 import numpy as np
@@ -18,9 +18,7 @@ from torch.utils.data import Dataset, DataLoader
 from PIL import Image
 
 # %% ../nbs/09_data.ipynb #f6a8cfb2
-class DataError(ValueError):
-    "A missing, empty or corrupt data source; the message is one line naming the file or id."
-    def __init__(self, msg): super().__init__(' '.join(str(msg).split()))
+from .errors import DataError   # a missing, empty or corrupt data source: one line naming the file or id
 
 ENV_DATA, ENV_SHARED = 'DIFFUSIONBLOCKS_DATA', 'DIFFUSIONBLOCKS_SHARED_DATA'
 
@@ -252,9 +250,24 @@ def _scan_tar(path, on_file=None):
     if not index: raise DataError(f"no images in tarball {path}: expected [<top>/]<split>/<class>/*.jpg|png")
     return index
 
+_DIGESTS = {}   # (path, size, mtime) -> sha256 prefix: one hash per file version and process
+
+def content_key(path) -> str:
+    "The first 12 hex digits of a file's SHA-256 (cached per path, size and modification time)."
+    st = Path(path).stat()
+    key = (str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _DIGESTS:
+        h = hashlib.sha256()
+        with open(path, 'rb') as f:
+            for chunk in iter(lambda: f.read(1 << 20), b''): h.update(chunk)
+        _DIGESTS[key] = h.hexdigest()[:12]
+    return _DIGESTS[key]
+
 def tar_cache_dir(path) -> Path:
-    "Where a tarball is extracted: <cache>/<tarball name without .tar.gz>."
-    return data_dir()/_tar_stem(Path(path).name)
+    "Where a tarball is extracted: <cache>/<tarball name without .tar.gz>-<content hash>, so a replaced tarball is extracted anew."
+    path = Path(path).expanduser()
+    if not path.is_file(): raise DataError(f"no such file: {path}")
+    return data_dir()/f"{_tar_stem(path.name)}-{content_key(path)}"
 
 def extract_tarball(path, splits=None) -> Path:
     "Extract a tarball's image splits (all, or those named) once into tar_cache_dir(path), atomically; returns that folder."

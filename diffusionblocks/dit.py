@@ -6,17 +6,18 @@
 __all__ = ['DIT_MODELS', 'get_2d_sincos_pos_embed', 'patchify', 'unpatchify', 'DiTAdapter', 'DiTConfig', 'dit_blocks',
            'dit_param_count', 'guided_denoiser', 'sample_images']
 
-# %% ../nbs/10_dit.ipynb #05f4f3a2
-import math
+# %% ../nbs/10_dit.ipynb #77e54325
+import math, warnings
+from .errors import ConfigError
 from dataclasses import dataclass
 import torch, torch.nn as nn
-from .noise import EDMConfig, equal_mass_sigmas
+from .noise import EDMConfig, sigma_like
 from .partition import Partition
 from .layers import SigmaEmbedder, LabelEmbedder, AdaLNZeroLayer, ModulatedOutput
 from .blocks import TaskAdapter, DiffusionBlocks
-from .sampling import SAMPLERS, cfg_denoiser
+from .sampling import SAMPLERS, cfg_denoiser, _with_grid
 
-# %% ../nbs/10_dit.ipynb #3f87a7c5
+# %% ../nbs/10_dit.ipynb #22fa7eb2
 def _sincos_1d(dim:int, pos):  # pos: (M,) float64 -> (M, dim), order [sin, cos]
     omega = 1. / 10000 ** (torch.arange(dim // 2, dtype=torch.float64, device=pos.device) / (dim / 2.))  # (dim/2,)
     out = pos.reshape(-1)[:, None] * omega[None]                                                       # (M, dim/2)
@@ -27,14 +28,14 @@ def get_2d_sincos_pos_embed(embed_dim:int,  # token width d (divisible by 4)
                             device=None,
                            ) -> torch.Tensor: # (g_h·g_w, d) float32
     "DiT's/MAE's fixed 2-D sin-cos position embedding, in torch: first half encodes the column, second the row."
-    if embed_dim % 4: raise ValueError(f"the 2-D sin-cos embedding needs a width divisible by 4, got {embed_dim}")
+    if embed_dim % 4: raise ConfigError(f"the 2-D sin-cos embedding needs a width divisible by 4, got {embed_dim}")
     gh, gw = (grid_size, grid_size) if isinstance(grid_size, int) else grid_size
     grid_h = torch.arange(gh, dtype=torch.float64, device=device)
     grid_w = torch.arange(gw, dtype=torch.float64, device=device)
     gx, gy = torch.meshgrid(grid_w, grid_h, indexing='xy')        # each (gh, gw): gx = column j, gy = row i
     return torch.cat([_sincos_1d(embed_dim // 2, gx), _sincos_1d(embed_dim // 2, gy)], dim=1).float()
 
-# %% ../nbs/10_dit.ipynb #50d3b2e3
+# %% ../nbs/10_dit.ipynb #6472d295
 def patchify(x,           # (N, C, H, W)
              patch:int,   # patch size p (divides H and W)
             ):            # -> (N, T, p·p·C), T = (H/p)(W/p), row-major patches, (p, q, c) inside a token
@@ -53,7 +54,7 @@ def unpatchify(x,          # (N, T, p·p·C) tokens
     x = x.reshape(N, gh, gw, patch, patch, channels)
     return torch.einsum('nhwpqc->nchpwq', x).reshape(N, channels, gh * patch, gw * patch)
 
-# %% ../nbs/10_dit.ipynb #70d1a73e
+# %% ../nbs/10_dit.ipynb #8c60d988
 class DiTAdapter(TaskAdapter):
     "DiT as a task adapter: patch-embedding stem, σ + label conditioning, modulated readout + unpatchify."
     def __init__(self,
@@ -67,7 +68,7 @@ class DiTAdapter(TaskAdapter):
                 ):
         super().__init__()
         H, W = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
-        if H % patch or W % patch: raise ValueError(f"image size {(H, W)} is not divisible by the patch size {patch}")
+        if H % patch or W % patch: raise ConfigError(f"image size {(H, W)} is not divisible by the patch size {patch}")
         self.image_size, self.channels, self.patch, self.hidden, self.num_classes = (H, W), channels, patch, hidden, num_classes
         self.grid = (H // patch, W // patch)
         self.x_embedder = nn.Conv2d(channels, hidden, patch, stride=patch)
@@ -91,7 +92,7 @@ class DiTAdapter(TaskAdapter):
     def condition(self, c_noise, labels=None, force_drop=None, generator=None, **cond):  # c_noise: (N,), labels: (N,) or None -> (N, d)
         c = self.sigma_embedder(c_noise)
         if self.label_embedder is None:
-            if labels is not None: raise ValueError("this DiT is unconditional (num_classes=0) but labels were given")
+            if labels is not None: raise ConfigError("this DiT is unconditional (num_classes=0) but labels were given")
             return c
         if labels is None: labels = self.null_labels(c.shape[0], c.device)
         return c + self.label_embedder(labels, force_drop, generator)   # label dropout draws from the loss's generator
@@ -99,7 +100,7 @@ class DiTAdapter(TaskAdapter):
     def readout(self, h, c):  # h: (N, T, d), c: (N, d) -> F: (N, C, H, W)
         return unpatchify(self.final_layer(h, c), self.patch, self.channels, self.grid)
 
-# %% ../nbs/10_dit.ipynb #a863454c
+# %% ../nbs/10_dit.ipynb #5c354a02
 @dataclass(frozen=True)
 class DiTConfig:
     "One DiT size: depth L, width d, heads, patch size p, MLP ratio."
@@ -109,17 +110,17 @@ class DiTConfig:
     patch:int
     mlp_ratio:float=4.
     def __post_init__(self):
-        if self.hidden % self.heads: raise ValueError(f"hidden={self.hidden} is not divisible by heads={self.heads}")
-        if self.hidden % 4: raise ValueError(f"hidden={self.hidden} must be divisible by 4 (2-D sin-cos position embedding)")
+        if self.hidden % self.heads: raise ConfigError(f"hidden={self.hidden} is not divisible by heads={self.heads}")
+        if self.hidden % 4: raise ConfigError(f"hidden={self.hidden} must be divisible by 4 (2-D sin-cos position embedding)")
 
 _SIZES = {'XL': (28, 1152, 16), 'L': (24, 1024, 16), 'B': (12, 768, 12), 'S': (12, 384, 6)}
 DIT_MODELS = {f'DiT-{s}/{p}': DiTConfig(L, d, h, p) for s, (L, d, h) in _SIZES.items() for p in (2, 4, 8)}
 DIT_MODELS.update({'DiT-T/2': DiTConfig(6, 64, 4, 2), 'DiT-T/4': DiTConfig(6, 64, 4, 4), 'DiT-tiny': DiTConfig(3, 32, 2, 2)})
 
-# %% ../nbs/10_dit.ipynb #1e23d9bc
+# %% ../nbs/10_dit.ipynb #fa05d222
 def _dit_config(name) -> DiTConfig:
     if isinstance(name, DiTConfig): return name
-    if name not in DIT_MODELS: raise ValueError(f"unknown DiT model {name!r}; known: {', '.join(DIT_MODELS)}")
+    if name not in DIT_MODELS: raise ConfigError(f"unknown DiT model {name!r}; known: {', '.join(DIT_MODELS)}")
     return DIT_MODELS[name]
 
 def dit_blocks(name,                     # a key of DIT_MODELS (e.g. 'DiT-S/2') or a DiTConfig
@@ -139,14 +140,14 @@ def dit_blocks(name,                     # a key of DIT_MODELS (e.g. 'DiT-S/2') 
     cfg = _dit_config(name)
     H, W = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
     if H % cfg.patch or W % cfg.patch:
-        raise ValueError(f"image size {(H, W)} is not divisible by the patch size {cfg.patch} of {name if isinstance(name, str) else cfg}")
+        raise ConfigError(f"image size {(H, W)} is not divisible by the patch size {cfg.patch} of {name if isinstance(name, str) else cfg}")
     layers = [AdaLNZeroLayer(cfg.hidden, cfg.heads, cond_dim=cfg.hidden, mlp_dim=int(cfg.hidden * cfg.mlp_ratio)) for _ in range(cfg.depth)]
     adapter = DiTAdapter((H, W), channels, cfg.patch, cfg.hidden, num_classes, class_dropout)
     model = DiffusionBlocks(layers, adapter, Partition.make(blocks, scheme, overlap, edm), split=split, share_adapter=share_adapter, **kw)
     model.dit_config = cfg
     return model
 
-# %% ../nbs/10_dit.ipynb #c76936d4
+# %% ../nbs/10_dit.ipynb #3bbef7f3
 def dit_param_count(name,            # registry key or DiTConfig
                     image_size,      # H or (H, W)
                     channels:int,    # C
@@ -160,43 +161,44 @@ def dit_param_count(name,            # registry key or DiTConfig
     count = lambda mod: sum(p.numel() for p in mod.parameters())
     return dict(layer=count(layer), adapter=count(adapter), depth=cfg.depth)
 
-# %% ../nbs/10_dit.ipynb #4a0f2530
+# %% ../nbs/10_dit.ipynb #34195b38
 def guided_denoiser(model:DiffusionBlocks, # a DiT DiffusionBlocks model (eval mode)
                     labels=None,           # (N,) class ids, or None for the unconditional model
                     cfg_scale:float=1.,    # guidance scale s (1: conditional; 0: unconditional)
                    ):
     "A `denoiser(z, sigma)` closure with classifier-free guidance D_u + s·(D_c − D_u), batched in one call."
-    if labels is None: return lambda z, sigma: model(z, _as_sigma(sigma, z))
+    if labels is None: return model
     null = model.blocks[0].adapter.null_labels(len(labels), labels.device)
     guided = cfg_denoiser(model, cfg_scale, {'labels': null})
-    return lambda z, sigma: guided(z, _as_sigma(sigma, z), labels=labels)
+    return _with_grid(lambda z, sigma: guided(z, sigma_like(sigma, z, flat=True), labels=labels), model)
 
-def _as_sigma(sigma, z):  # scalar or (N,) -> (N,) float32 on z's device
-    return torch.as_tensor(sigma, dtype=torch.float32, device=z.device).expand(z.shape[0])
-
-# %% ../nbs/10_dit.ipynb #7d5e7130
+# %% ../nbs/10_dit.ipynb #c734ec8e
 @torch.no_grad()
 def sample_images(model:DiffusionBlocks,  # a DiT DiffusionBlocks model
                   n:int,                  # number of images
                   labels=None,            # None (unconditional), an int, or (n,) class ids
-                  steps:int=50,           # sampler steps (the paper: 50)
+                  sample_steps:int=50,    # solver steps S on a grid of S + 1 σ (the paper: 50)
                   cfg_scale:float=2.,     # guidance scale (the paper: 2.0); ignored when labels is None
                   sampler:str='euler',    # 'euler' (the DiffusionBlocks update) or 'heun'
                   generator=None,         # torch.Generator for the initial noise
                   device=None,            # default: the model's device
                   callback=None,          # passed to the sampler
                   progress:bool=False,    # tqdm bar
+                  steps:int=None,         # deprecated name of sample_steps
                  ) -> torch.Tensor:       # (n, C, H, W) in the model's data space
-    "Generate images on the equal-mass σ grid with Euler/Heun and classifier-free guidance."
-    if sampler not in SAMPLERS: raise ValueError(f"unknown sampler {sampler!r}; known: {', '.join(SAMPLERS)}")
+    "Generate images on the model's equal-mass σ grid with Euler/Heun and classifier-free guidance."
+    if steps is not None:
+        warnings.warn("sample_images(steps=) is deprecated: use sample_steps=", DeprecationWarning, stacklevel=2)
+        sample_steps = steps
+    if sampler not in SAMPLERS: raise ConfigError(f"unknown sampler {sampler!r}; known: {', '.join(SAMPLERS)}")
     ad = model.blocks[0].adapter
     device = torch.device(device) if device is not None else next(model.parameters()).device
     if labels is not None:
         labels = torch.as_tensor(labels, dtype=torch.long)
         if labels.ndim == 0: labels = labels.expand(n)                                # one class for all
-        if labels.shape != (n,): raise ValueError(f"labels must be None, an int or {n} class ids, got shape {tuple(labels.shape)}")
+        if labels.shape != (n,): raise ConfigError(f"labels must be None, an int or {n} class ids, got shape {tuple(labels.shape)}")
         labels = labels.to(device)
-    sigmas = equal_mass_sigmas(steps + 1, model.edm)                                   # (steps+1,) float64, σ_max … σ_min
+    sigmas = model.sigmas(sample_steps)                                                # (S+1,) float64, σ_max … σ_min
     eps = torch.randn((n, ad.channels, *ad.image_size), generator=generator,
                       device=generator.device if generator is not None else device).to(device)
     was_training = model.training

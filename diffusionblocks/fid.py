@@ -21,7 +21,7 @@ def frechet_distance(feats1:torch.Tensor,  # (N1, d) features of set 1
     s1, s2 = (fid_features_to_statistics(f.detach().double().cpu()) for f in (feats1, feats2))
     return fid_statistics_to_metric(s1, s2, verbose=False)['frechet_inception_distance']
 
-# %% ../nbs/11_fid.ipynb #f7634aa3
+# %% ../nbs/11_fid.ipynb #017dfba0
 class FeatureNet(nn.Module):
     "Small CNN classifier whose penultimate activations serve as local-FID features."
     def __init__(self, channels:int=1, num_classes:int=10, width:int=32, feat_dim:int=64):
@@ -36,14 +36,14 @@ class FeatureNet(nn.Module):
     def features(self, x): return self.body(x)          # (N, C, H, W) in [-1, 1] -> (N, feat_dim)
     def forward(self, x): return self.cls(self.features(x))
 
-def train_feature_net(images, labels, num_classes:int, steps:int=600, batch_size:int=128, lr:float=2e-3, seed:int=0, device=None, width:int=32):
+def train_feature_net(images, labels, num_classes:int, iterations:int=600, batch_size:int=128, lr:float=2e-3, seed:int=0, device=None, width:int=32):
     "Train a FeatureNet classifier on (images in [-1, 1], labels); returns it in eval mode."
     device = device or images.device
     torch.manual_seed(seed); g = torch.Generator().manual_seed(seed)
     net = FeatureNet(images.shape[1], num_classes, width).to(device)
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=steps)
-    for _ in range(steps):
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=iterations)
+    for _ in range(iterations):
         i = torch.randint(0, len(images), (batch_size,), generator=g)
         x = images[i].to(device); x = torch.where(torch.rand(len(x), 1, 1, 1, generator=g).to(device) < 0.5, x, x.flip(-1)) if images.shape[-1] > 8 else x
         loss = F.cross_entropy(net(x), labels[i].to(device))
@@ -62,7 +62,7 @@ def accuracy(net, images, labels, batch_size:int=512):
     pred = torch.cat([net(images[i:i + batch_size].to(dev).float()).argmax(-1).cpu() for i in range(0, len(images), batch_size)])
     return (pred == labels.cpu()).float().mean().item()
 
-# %% ../nbs/11_fid.ipynb #6fd68016
+# %% ../nbs/11_fid.ipynb #e3625a2f
 def save_feature_net(net:FeatureNet, path):
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix('.tmp')
@@ -77,11 +77,11 @@ def load_feature_net(path, channels:int, num_classes:int):
         raise ValueError(f"feature net {path} is for {cfg['channels']} channels/{cfg['num_classes']} classes, not {channels}/{num_classes}")
     net = FeatureNet(**cfg); net.load_state_dict(load_file(str(path))); return net.eval()
 
-def feature_net_for(name:str, images, labels, num_classes:int, cache_dir, steps:int=600, device=None):
+def feature_net_for(name:str, images, labels, num_classes:int, cache_dir, iterations:int=600, device=None):
     "The cached local-FID feature net of data set `name`, trained on (images, labels) on first use."
-    path = Path(cache_dir) / f'featurenet-{name}-s{steps}-{images.shape[1]}x{images.shape[2]}x{images.shape[3]}.safetensors'  # steps in the key: a quick test net never stands in for a real one
+    path = Path(cache_dir) / f'featurenet-{name}-s{iterations}-{images.shape[1]}x{images.shape[2]}x{images.shape[3]}.safetensors'  # iterations in the key: a quick test net never stands in for a real one
     if path.exists(): return load_feature_net(path, images.shape[1], num_classes).to(device or 'cpu')
-    net = train_feature_net(images, labels, num_classes, steps=steps, device=device)
+    net = train_feature_net(images, labels, num_classes, iterations=iterations, device=device)
     save_feature_net(net, path); return net
 
 def local_fid(net:FeatureNet, real, fake) -> float:

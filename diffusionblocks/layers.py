@@ -6,13 +6,14 @@
 __all__ = ['timestep_embedding', 'SigmaEmbedder', 'LabelEmbedder', 'Attention', 'Mlp', 'modulate', 'adaln_modulation',
            'AdaLNZeroLayer', 'ModulatedOutput']
 
-# %% ../nbs/03_layers.ipynb #ce251dcb
+# %% ../nbs/03_layers.ipynb #549e2534
 import math
 import torch
+from .errors import ConfigError
 import torch.nn as nn
 import torch.nn.functional as F
 
-# %% ../nbs/03_layers.ipynb #2917cbfb
+# %% ../nbs/03_layers.ipynb #09540c24
 def timestep_embedding(c_noise,               # noise conditioning ¼ ln σ, shape (N,) (any shape works)
                        dim:int=256,           # number of features
                        max_period:float=10000., # longest period P; frequencies are P^(-i/(dim//2))
@@ -26,7 +27,7 @@ def timestep_embedding(c_noise,               # noise conditioning ¼ ln σ, sha
     if dim % 2: emb = torch.cat([emb, torch.zeros_like(emb[..., :1])], dim=-1)     # (N, dim)
     return emb
 
-# %% ../nbs/03_layers.ipynb #18a7cdfb
+# %% ../nbs/03_layers.ipynb #0b8e582c
 class SigmaEmbedder(nn.Module):
     "Embed c_noise = ¼ ln σ: sinusoid → Linear → SiLU → Linear (DiT's `TimestepEmbedder`)."
     def __init__(self,
@@ -41,7 +42,7 @@ class SigmaEmbedder(nn.Module):
     def forward(self, c_noise):  # (N,) -> (N, cond_dim)
         return self.mlp(timestep_embedding(c_noise, self.freq_dim).to(self.mlp[0].weight.dtype))
 
-# %% ../nbs/03_layers.ipynb #d1b4e68c
+# %% ../nbs/03_layers.ipynb #a3f9f41e
 class LabelEmbedder(nn.Module):
     "Class-label embedding with a null class and label dropout for classifier-free guidance (DiT)."
     def __init__(self,
@@ -68,7 +69,7 @@ class LabelEmbedder(nn.Module):
     def forward(self, labels, force_drop=None, generator=None):  # (N,) long -> (N, cond_dim)
         return self.embedding_table(self.drop(labels, force_drop, generator))
 
-# %% ../nbs/03_layers.ipynb #7ce3e61b
+# %% ../nbs/03_layers.ipynb #a248182f
 class Attention(nn.Module):
     "Multi-head self-attention with SDPA and an optional bool or additive mask."
     def __init__(self,
@@ -78,7 +79,7 @@ class Attention(nn.Module):
                  dropout:float=0.,     # attention-probability and output dropout (training only)
                 ):
         super().__init__()
-        assert dim % heads == 0, f"dim={dim} is not divisible by heads={heads}"
+        if dim % heads: raise ConfigError(f"dim={dim} is not divisible by heads={heads}")
         self.heads, self.dropout = heads, dropout
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
@@ -93,7 +94,7 @@ class Attention(nn.Module):
         o = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.)
         return self.proj_drop(self.proj(o.transpose(1, 2).reshape(N, T, C)))                      # (N, T, dim)
 
-# %% ../nbs/03_layers.ipynb #5e54c2c7
+# %% ../nbs/03_layers.ipynb #57ee5928
 class Mlp(nn.Module):
     "Transformer MLP: Linear → GELU → Linear → Dropout."
     def __init__(self,
@@ -106,7 +107,7 @@ class Mlp(nn.Module):
 
     def forward(self, x): return self.drop(self.fc2(self.act(self.fc1(x))))  # (..., dim) -> (..., dim)
 
-# %% ../nbs/03_layers.ipynb #689982a8
+# %% ../nbs/03_layers.ipynb #dbabbde8
 def modulate(x,      # (N, T, D) tokens, or (N, D)
              shift,  # (N, D)
              scale,  # (N, D)
@@ -115,17 +116,16 @@ def modulate(x,      # (N, T, D) tokens, or (N, D)
     if x.ndim == shift.ndim + 1: shift, scale = shift[:, None], scale[:, None]   # (N, 1, D)
     return x * (1 + scale) + shift
 
-# %% ../nbs/03_layers.ipynb #cb122319
+# %% ../nbs/03_layers.ipynb #f5c6282f
 def adaln_modulation(cond_dim:int,      # conditioning width d_c
                      out_dim:int,       # number of modulation values (6·dim per layer, 2·dim for the output head)
-                     parity:bool=False, # released-code form SiLU(Linear(c)) instead of DiT's Linear(SiLU(c))
                     ) -> nn.Sequential:
-    "Zero-initialised conditioning → modulation map: `SiLU → Linear` (DiT) or `Linear → SiLU` (parity)."
+    "Zero-initialised conditioning → modulation map `SiLU → Linear` (DiT)."
     lin = nn.Linear(cond_dim, out_dim)
     nn.init.zeros_(lin.weight); nn.init.zeros_(lin.bias)
-    return nn.Sequential(lin, nn.SiLU()) if parity else nn.Sequential(nn.SiLU(), lin)
+    return nn.Sequential(nn.SiLU(), lin)
 
-# %% ../nbs/03_layers.ipynb #0a97c1de
+# %% ../nbs/03_layers.ipynb #3a0aaa41
 class AdaLNZeroLayer(nn.Module):
     "Pre-LN transformer layer with AdaLN-Zero conditioning (DiT block); the identity at initialisation."
     def __init__(self,
@@ -135,20 +135,21 @@ class AdaLNZeroLayer(nn.Module):
                  mlp_dim:int=None,     # MLP hidden width (default 4·dim)
                  dropout:float=0.,     # attention and MLP dropout (training only)
                  qkv_bias:bool=True,   # bias in the qkv projection
-                 parity:bool=False,    # reproduce the released code: SiLU after the modulation Linear, HF LayerNorm and init
                 ):
         super().__init__()
-        self.parity = parity
-        ln = dict(eps=1e-12, elementwise_affine=True) if parity else dict(eps=1e-6, elementwise_affine=False)
-        self.norm1, self.norm2 = nn.LayerNorm(dim, **ln), nn.LayerNorm(dim, **ln)
+        self.norm1, self.norm2 = self.make_norm(dim), self.make_norm(dim)
         self.attn = Attention(dim, heads, qkv_bias=qkv_bias, dropout=dropout)
         self.mlp = Mlp(dim, mlp_dim or 4 * dim, dropout=dropout)
         for m in [*self.attn.modules(), *self.mlp.modules()]:
-            if isinstance(m, nn.Linear):
-                if parity: nn.init.trunc_normal_(m.weight, std=0.02)
-                else: nn.init.xavier_uniform_(m.weight)
-                if m.bias is not None: nn.init.zeros_(m.bias)
-        self.modulation = adaln_modulation(cond_dim, 6 * dim, parity)
+            if isinstance(m, nn.Linear): self.init_linear(m)
+        self.modulation = self.make_modulation(cond_dim, 6 * dim)
+
+    def make_norm(self, dim): "Pre-LN LayerNorm (DiT: no affine parameters, eps 1e-6)."; return nn.LayerNorm(dim, eps=1e-6, elementwise_affine=False)
+    def init_linear(self, m):
+        "Initialise an attention/MLP Linear (DiT: xavier-uniform, zero bias)."
+        nn.init.xavier_uniform_(m.weight)
+        if m.bias is not None: nn.init.zeros_(m.bias)
+    def make_modulation(self, cond_dim, out_dim): "The zero-initialised c → (shift, scale, gate) × 2 map."; return adaln_modulation(cond_dim, out_dim)
 
     def residual(self, h, c, attn_mask=None):  # h: (N, T, dim), c: (N, cond_dim) -> f(h): (N, T, dim)
         "The residual branch f, with layer(h) = h + f(h); exactly 0 at initialisation."
@@ -159,20 +160,22 @@ class AdaLNZeroLayer(nn.Module):
 
     def forward(self, h, c, attn_mask=None): return h + self.residual(h, c, attn_mask)  # (N, T, dim)
 
-# %% ../nbs/03_layers.ipynb #6c1db67f
+# %% ../nbs/03_layers.ipynb #da396720
 class ModulatedOutput(nn.Module):
     "DiT's final layer: LayerNorm → AdaLN shift/scale → Linear, all zero-initialised so the output starts at 0."
     def __init__(self,
                  dim:int,            # model width
                  cond_dim:int,       # conditioning width d_c
                  out_dim:int,        # output width (pixels per patch, embedding size, number of classes, ...)
-                 parity:bool=False,  # released classifier head: no LayerNorm, SiLU after the modulation Linear
                 ):
         super().__init__()
-        self.norm = nn.Identity() if parity else nn.LayerNorm(dim, eps=1e-6, elementwise_affine=False)
-        self.modulation = adaln_modulation(cond_dim, 2 * dim, parity)
+        self.norm = self.make_norm(dim)
+        self.modulation = self.make_modulation(cond_dim, 2 * dim)
         self.linear = nn.Linear(dim, out_dim)
         nn.init.zeros_(self.linear.weight); nn.init.zeros_(self.linear.bias)
+
+    def make_norm(self, dim): "LayerNorm before the modulation (DiT: no affine parameters, eps 1e-6)."; return nn.LayerNorm(dim, eps=1e-6, elementwise_affine=False)
+    def make_modulation(self, cond_dim, out_dim): "The zero-initialised c → (shift, scale) map."; return adaln_modulation(cond_dim, out_dim)
 
     def forward(self, h, c):  # h: (N, T, dim) or (N, dim); c: (N, cond_dim) -> (N, T, out_dim) or (N, out_dim)
         shift, scale = self.modulation(c).chunk(2, dim=-1)   # each (N, dim)

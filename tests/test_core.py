@@ -35,3 +35,15 @@ def test_blockwise_training_learns_gaussian_denoiser():
     # Euler sampling through the three trained blocks reproduces the data's standard deviation
     with torch.no_grad(): x = sample_euler(m, 80 * torch.randn(4000, 1, generator=g), equal_mass_sigmas(31))
     assert abs(x.std().item() - 1.0) < 0.1 and abs(x.mean().item()) < 0.1
+    # with no grid the sampler uses the model's own (m.sigmas(50)), and starts at its σ_max
+    with torch.no_grad(): x = sample_euler(m, m.edm.sigma_max * torch.randn(4000, 1, generator=g))
+    assert abs(x.std().item() - 1.0) < 0.1 and abs(x.mean().item()) < 0.1
+
+
+def test_fingerprint_is_json_and_what_checkpoints_compare():
+    "model.fingerprint() is JSON-able and agrees with checkpoint.fingerprint (which reads it)."
+    from diffusionblocks.checkpoint import fingerprint
+    m = vector_blocks(2, blocks=3, depth=3, width=16, heads=2, cond_dim=16)
+    fp = json.loads(json.dumps(m.fingerprint()))
+    assert fp == fingerprint(m)
+    assert set(fp) == {'model', 'num_blocks', 'split', 'partition', 'target', 'share_adapter', 'params'}

@@ -49,6 +49,17 @@ def test_folder_and_tarball_agree(tmp_path):
     assert (tar_cache_dir(tmp_path/'set.tgz')/'set'/'train'/'a'/'0.png').is_file()
 
 
+def test_replaced_tarball_is_extracted_anew(tmp_path):
+    "The extraction cache is keyed by the tarball's content: a new tarball under the old name is not served stale images."
+    root = _pngs(tmp_path/'one')
+    with tarfile.open(tmp_path/'set.tgz', 'w:gz') as tf: tf.add(root, arcname='set')
+    first = load_images(tmp_path/'set.tgz', 'train').images
+    for f in sorted((root/'train').rglob('*.png')): Image.fromarray(np.full((6, 5, 3), 7, dtype=np.uint8)).save(f)
+    with tarfile.open(tmp_path/'set.tgz', 'w:gz') as tf: tf.add(root, arcname='set')
+    second = load_images(tmp_path/'set.tgz', 'train').images
+    assert not torch.equal(first, second) and torch.allclose(second, torch.full_like(second, 7 / 255 * 2 - 1))
+
+
 def test_error_messages(tmp_path):
     root = _pngs(tmp_path/'set')
     (root/'train'/'b'/'1.png').write_bytes(b'not a png')

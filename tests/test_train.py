@@ -270,3 +270,35 @@ def test_activation_checkpointing_is_an_option_of_both():
             assert all(b.checkpointing == on for b in tr.model.blocks)
             ends.append([p.clone() for p in tr.model.parameters()])
         assert all(torch.equal(a, b) for a, b in zip(*ends))
+
+
+def test_time_based_checkpoints(tmp_path):
+    "save_minutes: a checkpoint whenever that much time has passed (here: every iteration); 0 with save_every=0: only the final one."
+    Trainer(tiny(), TrainConfig(iterations=4, batch_size=8, save_minutes=1e-9, keep=10, **QUIET), points(), tmp_path / 'often', device='cpu').fit()
+    assert sorted(p.name for p in (tmp_path / 'often' / 'checkpoint').iterdir()) == ['LATEST'] + [f'step-{i:08d}' for i in (1, 2, 3, 4)]
+    Trainer(tiny(), TrainConfig(iterations=4, batch_size=8, save_minutes=0, keep=10, **QUIET), points(), tmp_path / 'end', device='cpu').fit()
+    assert sorted(p.name for p in (tmp_path / 'end' / 'checkpoint').iterdir()) == ['LATEST', 'step-00000004']
+
+
+def test_cpu_thread_policy():
+    "On the CPU the trainer applies cpu_threads: one thread for a small model unless TrainConfig.threads says otherwise."
+    before = torch.get_num_threads()
+    try:
+        Trainer(tiny(), TrainConfig(**QUIET), device='cpu'); assert torch.get_num_threads() == 1
+        Trainer(tiny(), TrainConfig(threads=2, **QUIET), device='cpu'); assert torch.get_num_threads() == 2
+    finally: torch.set_num_threads(before)
+
+
+def test_protocol_checked_at_construction():
+    "A model missing a member of the engine protocol is refused in one line naming it."
+    from diffusionblocks.errors import ConfigError
+    class NoFingerprint(torch.nn.Module):
+        blocks, split, num_blocks = torch.nn.ModuleList(), [], 0
+        def block_parameters(self, k): return {}
+        def shared_parameters(self): return {}
+        def loss(self, k, y, generator=None, **cond): pass
+        def set_checkpointing(self, on=True): return self
+    with pytest.raises(ConfigError, match="NoFingerprint\\) does not satisfy BlockwiseModel: it has no 'fingerprint'"):
+        Trainer(NoFingerprint(), TrainConfig(**QUIET), device='cpu')
+    with pytest.raises(ConfigError, match="does not satisfy OffloadStore: it has no 'down'"):
+        Trainer(tiny(), TrainConfig(residency='active', **QUIET), device='cpu', offload=object())

@@ -3,8 +3,7 @@ import json
 from pathlib import Path
 import pytest, torch
 from diffusionblocks.vit import ViTConfig, ViT, vit_blocks, classify, evaluate_classifier, Supervised
-from diffusionblocks.baselines import (ContrastiveFF, NoPropDT, BackpropCNN, cnn_blocks, make_classify_job, train_classify,
-                                       register, METHODS)
+from diffusionblocks.baselines import ContrastiveFF, NoPropDT, BackpropCNN, cnn_blocks
 from diffusionblocks.train import Trainer, TrainConfig
 from diffusionblocks.checkpoint import CheckpointError, load_weights
 from diffusionblocks.noise import equal_mass_sigmas
@@ -22,13 +21,14 @@ def data(n=64, seed=0):
 
 @pytest.mark.parametrize('B', [1, 2, 3, 6])
 def test_default_inference_calls_every_block_once_in_order(B):
-    "N = B grid points route to blocks 0, 1, …, B-1 (highest noise first) through the partition's tie rule."
+    "The default S = B − 1 Euler steps (S + 1 calls) route to blocks 0, 1, …, B-1 (highest noise first) through the partition's tie rule."
     m = vit_blocks(TINY, 5, blocks=B)
-    trace = []
-    classify(m, data(4)[0], steps=max(B, 2), trace=trace)
-    ks = [k for _, k, _ in trace]
+    ks, sig = [], []
+    hs = [b.register_forward_hook(lambda mod, a, o, k=k: ks.append(k)) for k, b in enumerate(m.blocks)]
+    classify(m, data(4)[0], callback=lambda d: sig.append(d['sigma']))
+    for h in hs: h.remove()
     assert ks == (list(range(B)) if B >= 2 else [0, 0])
-    assert [s for s, _, _ in trace] == pytest.approx(equal_mass_sigmas(max(B, 2)).tolist())
+    assert sig == pytest.approx(equal_mass_sigmas(max(B, 2)).tolist())
 
 
 def test_blocks_are_invariant_to_other_blocks_weights():
@@ -37,11 +37,11 @@ def test_blocks_are_invariant_to_other_blocks_weights():
     for p in m.parameters(): p.data.normal_(0, 0.1)            # leave the zero init so outputs depend on the layers
     x, y = data(8)
     z = m.target.encode(y) + 0.3 * torch.randn(8, 16)
-    D0, l0, _ = m.denoise_block(1, z, 0.3, x=x)
+    D0, l0 = m.denoise_block(1, z, 0.3, x=x)
     with torch.no_grad():
         for k in (0, 2):
             for p in m.blocks[k].layers.parameters(): p.add_(1.)
-    D1, l1, _ = m.denoise_block(1, z, 0.3, x=x)
+    D1, l1 = m.denoise_block(1, z, 0.3, x=x)
     assert torch.equal(D0, D1) and torch.equal(l0, l1)
 
 
@@ -63,11 +63,10 @@ def test_inference_mixes_the_normalised_table():
     torch.manual_seed(0)
     m = vit_blocks(TINY, 5, blocks=3)
     with torch.no_grad(): m.target.embedding.weight.mul_(100.)   # raw rows far from unit norm
-    trace, zs = [], []
-    orig = m.denoise_block
+    zs, orig = [], m.denoise_block
     def spy(k, z, sigma, **cond): zs.append(z.clone()); return orig(k, z, sigma, **cond)
     m.denoise_block = spy
-    classify(m, data(4)[0], steps=3, trace=trace)
+    classify(m, data(4)[0], sample_steps=2)
     # the last call's input at σ_min is ≈ the mix (plus σ_min/σ noise): its norm is at most ~1
     assert zs[-1].norm(dim=-1).max() < 1.1
 
@@ -80,15 +79,19 @@ def test_local_baselines_train_through_the_engine():
         assert sum(s['steps']) == 3 * model.num_blocks and all(torch.isfinite(torch.tensor(v)) for v in s['final_loss'].values())
 
 
-def test_classify_command_writes_a_run_and_refuses_to_overwrite(tmp_path, capsys):
-    from diffusionblocks.cli import _Parser
-    p = _Parser(prog='diffusionblocks'); sub = p.add_subparsers(dest='command', required=True, parser_class=_Parser); register(sub)
-    argv = ['classify', '--config', 'vit-digits', '--iterations', '3', '--limit', '200', '--test-limit', '50',
-            '--steps', '2', '--out', str(tmp_path / 'run'), '--quiet']
-    a = p.parse_args(argv); a.run(a)
-    m = json.loads((tmp_path / 'run' / 'metrics.json').read_text())
-    assert m['method'] == 'dblocks' and m['n_test'] == 50 and m['budget']['iterations'] == 9 and m['inference_steps'] == 2
-    assert set(m) >= {'accuracy', 'ece', 'nll', 'train_seconds', 'hardware', 'budget'}
-    assert 'accuracy' in capsys.readouterr().out
-    a = p.parse_args(argv)
-    with pytest.raises(CheckpointError, match='already holds a checkpoint'): a.run(a)
+def test_classification_run_through_the_runner_and_the_command(tmp_path, monkeypatch, capsys):
+    "A vit-digits run through the one runner: metrics, the B× budget, `classify RUN`, and a refusal to overwrite it."
+    import diffusionblocks.jobs.core as jc
+    from diffusionblocks.cli import main
+    monkeypatch.setenv('DIFFUSIONBLOCKS_DATA', str(tmp_path / 'cache'))
+    job = jc.make_job('vit-digits', iterations=3, options=dict(limit=200, test_limit=50), eval=dict(sample_steps=1, curve=[2]))
+    m = jc.run_job(job, out=tmp_path / 'run', device='cpu', progress=False)
+    saved = json.loads((tmp_path / 'run' / 'metrics.json').read_text())
+    assert saved['method'] == 'dblocks' and saved['n_test'] == 50 and saved['iterations'] == 9 and saved['sample_steps'] == 1
+    assert saved['block_calls'] == 2 and set(saved['accuracy_vs_sample_steps']) == {'1', '2'}
+    assert set(saved) >= {'accuracy', 'ece', 'nll', 'train_seconds', 'hardware', 'steps_per_block'}
+    assert main(['classify', str(tmp_path / 'run'), '--sample-steps', '1', '2']) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert set(out['accuracy_vs_sample_steps']) == {'1', '2'} and out['accuracy_vs_sample_steps']['1'] == saved['accuracy']
+    assert main(['train', '--config', 'vit-digits', '--out', str(tmp_path / 'run'), '--quiet']) == 2
+    assert 'already holds a run' in capsys.readouterr().err
