@@ -5,22 +5,22 @@
 # %% auto #0
 __all__ = ['SD_VAE_SCALE', 'SDVAE', 'StandInVAE', 'encode_images']
 
-# %% ../nbs/10a_latents.ipynb #31c7e0e1
+# %% ../nbs/10a_latents.ipynb #022ba391
 import torch, torch.nn as nn, torch.nn.functional as F
+from .errors import requires, DataError
 
-# %% ../nbs/10a_latents.ipynb #0ec358dc
+# %% ../nbs/10a_latents.ipynb #e892985c
 SD_VAE_SCALE = 0.18215   # the SD VAE's latent scaling (DiT, LDM)
 
 class SDVAE:
     "Stable Diffusion's VAE (diffusers AutoencoderKL) as a codec: images in [-1, 1] <-> scaled latents."
     def __init__(self, name:str='stabilityai/sd-vae-ft-ema', device=None, dtype=torch.float32, local_files_only=None, scale:float=SD_VAE_SCALE):
-        try: from diffusers.models import AutoencoderKL
-        except ImportError: raise ImportError("SDVAE needs the diffusers package: pip install diffusers") from None
+        AutoencoderKL = requires('diffusers', feature='the SD VAE codec').AutoencoderKL   # one-line MissingDependencyError without it
         import os
         offline = local_files_only if local_files_only is not None else os.environ.get('HF_HUB_OFFLINE') == '1'
         try: self.vae = AutoencoderKL.from_pretrained(name, torch_dtype=dtype, local_files_only=offline).eval()
         except (OSError, ValueError) as e:
-            raise FileNotFoundError(f"VAE weights {name!r} are not available (not cached{', offline' if offline else ''}; pass a local folder or go online)") from None
+            raise DataError(f"VAE weights {name!r} are not available (not cached{', offline' if offline else ''}; pass a local folder or go online)") from None
         self.device = torch.device(device or ('cuda' if torch.cuda.is_available() else 'cpu'))
         self.vae.to(self.device); self.scale, self.channels, self.factor = scale, 4, 8
     @torch.no_grad()

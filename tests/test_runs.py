@@ -34,7 +34,7 @@ def test_two_writers_one_run(tmp_path, env):
 def test_killed_before_first_checkpoint_restarts_from_zero(tmp_path, env):
     "kill -9 before any checkpoint: the run keeps its config.json, a resume restarts at iteration 0 and says so, then sample/eval work."
     run = tmp_path / 'K'
-    p = cli('train', '--iterations', '150', '--no-eval', '--quiet', '--out', run, env=env)
+    p = cli('train', '--iterations', '60', '--no-eval', '--quiet', '--out', run, env=env)
     t0 = time.time()
     while not (run / 'config.json').exists():
         assert p.poll() is None and time.time() - t0 < 120, p.communicate()
@@ -42,7 +42,7 @@ def test_killed_before_first_checkpoint_restarts_from_zero(tmp_path, env):
     time.sleep(0.5)
     os.kill(p.pid, signal.SIGKILL); p.wait()
     assert not (run / 'checkpoint' / 'LATEST').exists()
-    assert json.loads((run / 'config.json').read_text())['job']['iterations'] == 150
+    assert json.loads((run / 'config.json').read_text())['job']['iterations'] == 60
     r = cli('train', '--resume', run, '--iterations', '20', '--quiet', env=env)          # not shorter: refused, nothing lost
     out, err = r.communicate(timeout=120)
     assert r.returncode == 2 and 'only lengthen' in err, err
@@ -50,9 +50,9 @@ def test_killed_before_first_checkpoint_restarts_from_zero(tmp_path, env):
     out, err = r.communicate(timeout=600)
     assert r.returncode == 0, err
     assert 'iteration 0' in err, err                                                       # visibly restarted
-    assert json.loads((run / 'checkpoint' / 'LATEST').read_text())['checkpoint'].startswith('step-00000450')
+    assert json.loads((run / 'checkpoint' / 'LATEST').read_text())['checkpoint'].startswith('step-00000180')
     cfg = json.loads((run / 'config.json').read_text())
-    assert cfg['job']['iterations'] == 150 and cfg['train']['iterations'] == 450
+    assert cfg['job']['iterations'] == 60 and cfg['train']['iterations'] == 180
     r = cli('sample', run, '--n', '10', '--sample-steps', '4', '--out', tmp_path / 's.png', env=env)
     assert r.wait(timeout=120) == 0 and (tmp_path / 's.png').is_file(), r.communicate()
 
