@@ -6,7 +6,7 @@
 __all__ = ['BENCH_MODELS', 'LiveTensorBytes', 'live_tensors', 'DiskOffload', 'measure', 'run_spec', 'bench_rows',
            'add_model_column', 'bench_sample', 'plot_rows', 'check_args', 'register', 'bench_threads', 'thread_table']
 
-# %% ../nbs/13_bench.ipynb #fd37c621
+# %% ../nbs/13_bench.ipynb #522566dc
 import os, sys, gc, json, math, time, resource, subprocess, tempfile, dataclasses
 from pathlib import Path
 import torch
@@ -16,6 +16,7 @@ from torch.multiprocessing.reductions import StorageWeakRef
 from safetensors.torch import save_file, load_file
 from .errors import ConfigError
 from .dit import dit_blocks, DIT_MODELS, DiTConfig, sample_images
+from .mdm import mdm_blocks, mdm_config, sample_tokens
 from .train import Trainer, TrainConfig, OffloadStore
 
 # %% ../nbs/13_bench.ipynb #c1de2e21
@@ -70,17 +71,29 @@ class DiskOffload:
         "Is t the placeholder of `key`?"
         ph = self.placeholders.get(key); return ph is not None and ph.data_ptr() == t.data_ptr()
 
-# %% ../nbs/13_bench.ipynb #da7d8594
+# %% ../nbs/13_bench.ipynb #724e097f
 BENCH_MODELS = {'dit-s2': dict(model='DiT-S/2', image_size=32, channels=3, num_classes=10),   # the reference configuration
                 'dit-b2': dict(model='DiT-B/2', image_size=32, channels=3, num_classes=10),
-                'dit-tiny': dict(model='DiT-tiny', image_size=8, channels=1, num_classes=10)}
+                'dit-tiny': dict(model='DiT-tiny', image_size=8, channels=1, num_classes=10),
+                # masked-diffusion language models (`mdm`): batches of random character ids
+                'mdm-text8': dict(kind='mdm', model='md4-text8', seq_len=256, vocab_size=27),   # the paper's MD4 on text8
+                'mdm-small': dict(kind='mdm', model='mdm-small', seq_len=128, vocab_size=27),   # the CPU preset's network
+                'mdm-tiny': dict(kind='mdm', model='mdm-tiny', seq_len=32, vocab_size=27)}
 
-def _bench_model(spec):
-    m = BENCH_MODELS[spec['model']]
-    return dit_blocks(m['model'], m['image_size'], m['channels'], m['num_classes'], blocks=spec['blocks'])
+def _is_mdm(name): return BENCH_MODELS[name].get('kind') == 'mdm'
+
+def _depth(name):
+    m = BENCH_MODELS[name]
+    return mdm_config(m['model']).depth if _is_mdm(name) else DIT_MODELS[m['model']].depth
+
+def _bench_model(spec, blocks=None):
+    m, B = BENCH_MODELS[spec['model']], blocks or spec['blocks']
+    if _is_mdm(spec['model']): return mdm_blocks(m['model'], m['vocab_size'], m['seq_len'], blocks=B)
+    return dit_blocks(m['model'], m['image_size'], m['channels'], m['num_classes'], blocks=B)
 
 def _batch(spec, device):
     m = BENCH_MODELS[spec['model']]; g = torch.Generator().manual_seed(0)
+    if _is_mdm(spec['model']): return torch.randint(0, m['vocab_size'], (spec['batch_size'], m['seq_len']), generator=g).to(device)
     x = torch.randn(spec['batch_size'], m['channels'], m['image_size'], m['image_size'], generator=g).clamp(-1, 1)
     return x.to(device), torch.randint(0, m['num_classes'], (spec['batch_size'],), generator=g).to(device)
 
@@ -153,19 +166,21 @@ def add_model_column(rows):
         r['analytic_bytes'] = int((4 * P + A) * L / r['blocks']) if r['residency'] != 'all' else int(3 * P * L + (P + A) * L / r['blocks'])
     return rows
 
-# %% ../nbs/13_bench.ipynb #f5ff8c25
+# %% ../nbs/13_bench.ipynb #9e492375
 def bench_sample(model='dit-s2', blocks=(1, 2, 3, 4, 6), device='cpu', n=16, sample_steps=50, repeats=1) -> list:
-    "Images per second of Euler sampling (CFG 2.0) for each B, same steps; speed-up relative to B = 1."
+    "Samples per second (images: Euler with CFG 2.0; text: the ancestral masked-diffusion sampler) for each B, same steps; speed-up relative to B = 1."
     m = BENCH_MODELS[model]; dev = torch.device(device); rows = []
     for B in blocks:
         torch.manual_seed(0)
-        net = dit_blocks(m['model'], m['image_size'], m['channels'], m['num_classes'], blocks=B).to(dev).eval()
+        net = _bench_model(dict(model=model), B).to(dev).eval()
         for b in net.blocks: [torch.nn.init.normal_(p, std=0.02) for p in b.parameters()]   # non-trivial weights: no identity shortcut
+        if _is_mdm(model): draw = lambda S: sample_tokens(net, n, m['seq_len'], S, device=dev)
+        else: draw = lambda S: sample_images(net, n, labels=torch.arange(n) % m['num_classes'], sample_steps=S, device=dev)
         with torch.no_grad(), torch.autocast(dev.type, torch.bfloat16, enabled=dev.type == 'cuda'):
-            sample_images(net, n, labels=torch.arange(n) % m['num_classes'], sample_steps=2, device=dev)   # warm-up
+            draw(max(2, B))                                                                   # warm-up
             if dev.type == 'cuda': torch.cuda.synchronize()
             t = time.perf_counter()
-            for _ in range(repeats): sample_images(net, n, labels=torch.arange(n) % m['num_classes'], sample_steps=sample_steps, device=dev)
+            for _ in range(repeats): draw(sample_steps)
             if dev.type == 'cuda': torch.cuda.synchronize()
         secs = (time.perf_counter() - t) / repeats
         rows.append(dict(mode='end-to-end' if B == 1 else 'blocks', blocks=B, residency=None, checkpointing=False, sample_steps=sample_steps,
@@ -174,7 +189,7 @@ def bench_sample(model='dit-s2', blocks=(1, 2, 3, 4, 6), device='cpu', n=16, sam
     for r in rows: r['speedup'] = None if base is None else r['images_per_second'] / base['images_per_second']
     return rows
 
-# %% ../nbs/13_bench.ipynb #eae35ee8
+# %% ../nbs/13_bench.ipynb #df629384
 def plot_rows(rows, path, title=''):
     "Peak memory and step time against B (one line per residency/schedule), as a PNG."
     import matplotlib; matplotlib.use('Agg'); import matplotlib.pyplot as plt
@@ -212,7 +227,7 @@ def check_args(a):
     "Validate every benchmark argument before any work starts (one-line ConfigError), so no result is lost at the end."
     if a.device == 'cuda' and not torch.cuda.is_available(): raise ConfigError("--device cuda: CUDA is not available on this machine")
     if a.model not in BENCH_MODELS: raise ConfigError(f"unknown benchmark model {a.model!r}; choose one of {', '.join(BENCH_MODELS)}")
-    depth = DIT_MODELS[BENCH_MODELS[a.model]['model']].depth
+    depth = _depth(a.model)
     for B in a.blocks:
         if not 1 <= B <= depth or depth % B: raise ConfigError(f"--blocks {B}: B must be >= 1 and divide the depth {depth} of {a.model}")
     if a.batch_size < 1: raise ConfigError(f"--batch-size must be >= 1, got {a.batch_size}")
@@ -263,7 +278,7 @@ def register(sub):
         return _run_bench(a)
     p.set_defaults(run=run)
 
-# %% ../nbs/13_bench.ipynb #c35d5732
+# %% ../nbs/13_bench.ipynb #d6c21bc9
 _THREAD_WORKER = """
 import json, sys, time, torch
 spec = json.loads(sys.argv[1])

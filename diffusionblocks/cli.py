@@ -62,7 +62,7 @@ def main(argv=None):
         print(msg if msg.startswith('diffusionblocks') else f'diffusionblocks: error: {msg}', file=sys.stderr)
         return 2
 
-# %% ../nbs/23_cli.ipynb #45792115
+# %% ../nbs/23_cli.ipynb #cf5fdb50
 _JOB_FLAGS = ('config', 'method', 'baseline', 'data', 'blocks', 'seed')   # what a --resume may not change
 
 def register_train(sub):
@@ -80,7 +80,7 @@ def register_train(sub):
     p.add_argument('--overwrite', action='store_true', help='with --resume: evaluate a finished run again, replacing its results')
     p.add_argument('--device', help='cpu, cuda or cuda:N (default: cuda when available)')
     p.add_argument('--threads', type=number(int, 0, 1024), help='CPU threads (default 0: the engine policy)')
-    p.add_argument('--n-eval', type=number(int, 2, 10**7), help='generated images for the local FID (image generation)')
+    p.add_argument('--n-eval', type=number(int, 2, 10**7), help='generated images for the local FID (image generation); test sequences for the BPC (masked-lm, default all)')
     p.add_argument('--sample-steps', type=number(int, 1, 10**5), help='solver steps of the evaluation (grid of sample_steps + 1 σ values)')
     p.add_argument('--no-eval', action='store_true', help='train only')
     p.add_argument('--quiet', action='store_true', help='no progress bar')
@@ -113,11 +113,14 @@ def run_train(a):
     task = get_task(m['task'])
     print(f"run: {m['run_dir']}\n{task.report(m) if task.report else json.dumps(m)}" + (f"\nsamples: {m['samples']}" if m.get('samples') else ''))
 
-# %% ../nbs/23_cli.ipynb #fc02a3d7
-def _out_png(path) -> Path:
+# %% ../nbs/23_cli.ipynb #956ed77d
+_SAMPLE_KINDS = {'.png': 'the sample grid is a PNG', '.txt': 'the samples are text'}
+
+def _out_sample(path, suffix:str='.png') -> Path:
+    "A writable sample file whose suffix is the task's format (`Task.sample_file`: .png for image grids, .txt for text)."
     p = Path(path)
-    if p.is_dir() or str(path).endswith(('/', '\\')): raise CliError(f'--out {path} is a folder; give a .png file name')
-    if p.suffix.lower() != '.png': raise CliError(f'--out {path}: the sample grid is a PNG; give a file name ending in .png')
+    if p.is_dir() or str(path).endswith(('/', '\\')): raise CliError(f'--out {path} is a folder; give a {suffix} file name')
+    if p.suffix.lower() != suffix: raise CliError(f'--out {path}: {_SAMPLE_KINDS.get(suffix, "the samples are a " + suffix + " file")}; give a file name ending in {suffix}')
     parent = p.parent if str(p.parent) else Path('.')
     if not parent.is_dir(): raise CliError(f'--out {path}: folder {parent} does not exist')
     import os
@@ -125,13 +128,13 @@ def _out_png(path) -> Path:
     return p
 
 def register_sample(sub):
-    p = sub.add_parser('sample', help="draw a sample grid from a generative run's last checkpoint")
+    p = sub.add_parser('sample', help="draw samples (an image grid, or text) from a generative run's last checkpoint")
     p.add_argument('run_dir')
-    p.add_argument('--n', type=number(int, 1, 100_000), default=64, help='samples (classes in turn)')
+    p.add_argument('--n', type=number(int, 1, 100_000), default=64, help='samples (images: classes in turn; text: sequences)')
     p.add_argument('--sample-steps', type=number(int, 1, 10**5), help="solver steps (default: the run's)")
     p.add_argument('--steps', type=number(int, 1, 10**5), help=argparse.SUPPRESS)    # deprecated alias of --sample-steps
     p.add_argument('--cfg', type=number(float, 0, 1e3), help="guidance scale (default: the run's)")
-    p.add_argument('--out', help='PNG file (default RUN_DIR/samples.png)'); p.add_argument('--seed', type=number(int, 0, 2**62), default=0)
+    p.add_argument('--out', help="the sample file, in the run's format (default RUN_DIR/samples.png, or samples.txt for text runs)"); p.add_argument('--seed', type=number(int, 0, 2**62), default=0)
     p.add_argument('--device'); p.set_defaults(run=run_sample)
 
 def _sample_steps(a):
@@ -144,7 +147,8 @@ def run_sample(a):
     job = read_run(a.run_dir)
     task = get_task(job.task)
     if task.sample is None: raise CliError(f"{a.run_dir} is a {job.task} run: it has nothing to sample (use `eval` or `classify`)")
-    out = _out_png(a.out) if a.out is not None else _out_png(Path(a.run_dir) / 'samples.png')
+    suffix = Path(task.sample_file).suffix.lower()
+    out = _out_sample(a.out if a.out is not None else Path(a.run_dir) / task.sample_file, suffix)
     check_device(a.device)
     model, job, data = load_run(a.run_dir, a.device)
     print(task.sample(model, job, data, out, a.n, a.seed, next(model.parameters()).device, sample_steps=_sample_steps(a), cfg_scale=a.cfg))
@@ -152,7 +156,7 @@ def run_sample(a):
 def register_eval(sub):
     p = sub.add_parser('eval', help="re-measure a run's metrics (prints JSON; writes nothing)")
     p.add_argument('run_dir')
-    p.add_argument('--n', type=number(int, 2, 10**7), help='generated images for the local FID (image generation)')
+    p.add_argument('--n', type=number(int, 2, 10**7), help='generated images for the local FID (image generation); test sequences for the BPC (masked-lm)')
     p.add_argument('--sample-steps', type=number(int, 1, 10**5), help="solver steps (default: the run's)")
     p.add_argument('--device'); p.set_defaults(run=run_eval)
 

@@ -6,9 +6,10 @@
 __all__ = ['ENV_DATA', 'ENV_SHARED', 'SHORTCUTS', 'HUB_DATASETS', 'STATS', 'IMAGE_EXTS', 'GRAMMAR', 'DIGITS_TEST', 'DIGITS_SEED',
            'TEXT_FILES', 'TEXT8_CHARS', 'repo_root', 'data_dir', 'shared_data_dir', 'parse_source', 'ImageData',
            'content_key', 'tar_cache_dir', 'extract_tarball', 'hub_offline', 'load_images', 'augmentation',
-           'augment_batch', 'split_text', 'load_text', 'text8_clean', 'CharVocab']
+           'augment_batch', 'split_text', 'text_path', 'load_text', 'text8_clean', 'CharVocab', 'CharCorpus',
+           'load_char_corpus', 'TextSequences']
 
-# %% ../nbs/09_data.ipynb #5450d0a9
+# %% ../nbs/09_data.ipynb #774570ad
 import os, io, re, gzip, hashlib, zlib, zipfile, tarfile, shutil, tempfile, contextlib, importlib.util
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -17,7 +18,7 @@ import torch
 from torch.utils.data import Dataset, DataLoader
 from PIL import Image
 
-# %% ../nbs/09_data.ipynb #f6a8cfb2
+# %% ../nbs/09_data.ipynb #b2e8d679
 from .errors import DataError   # a missing, empty or corrupt data source: one line naming the file or id
 
 ENV_DATA, ENV_SHARED = 'DIFFUSIONBLOCKS_DATA', 'DIFFUSIONBLOCKS_SHARED_DATA'
@@ -42,7 +43,7 @@ def shared_data_dir():
     d = Path(os.environ[ENV_SHARED]).expanduser() if os.environ.get(ENV_SHARED) else (repo_root().parent/'shared'/'data' if repo_root() else None)
     return d.resolve() if d is not None and d.is_dir() else None
 
-# %% ../nbs/09_data.ipynb #a796a6a8
+# %% ../nbs/09_data.ipynb #2379388e
 SHORTCUTS = {  # name: (tarball tried in the shared data folder, hub id)
     'cifar10': ('cifar10-jpg.tar.gz', 'uoft-cs/cifar10'),
     'cifar100': (None, 'uoft-cs/cifar100'),
@@ -87,7 +88,7 @@ def parse_source(source='digits'):
     if _HUB_RE.match(s) and not _TAR_RE.search(s) and not s.startswith('.'): return 'hub', s, HUB_DATASETS.get(s, {}).get('name')
     raise DataError(f"no such file or folder: {s} (sources: {GRAMMAR})")
 
-# %% ../nbs/09_data.ipynb #3d68af0e
+# %% ../nbs/09_data.ipynb #0f7a6e4f
 _GREY_MODES = ('1', 'L', 'LA', 'I', 'I;16', 'F')
 
 def _open_image(cell, name):
@@ -140,7 +141,7 @@ def _table(cells, labels, classes):
     feats = datasets.Features({'image': datasets.Image(decode=False), 'label': datasets.ClassLabel(names=list(classes))})
     return datasets.Dataset.from_dict({'image': list(cells), 'label': list(labels)}, features=feats)
 
-# %% ../nbs/09_data.ipynb #6064b507
+# %% ../nbs/09_data.ipynb #b08c5879
 class ImageData(Dataset):
     "One split of a labelled image set as normalised tensors: images (N, C, H, W), labels (N,), classes, source; a torch Dataset."
     def __init__(self, images, labels, classes, source, split='train', mean=0., std=1., normalize=None, n_total=None, transform=None):
@@ -191,7 +192,7 @@ def _normalize(x, normalize, mean=None, std=None, name=None):
     else: raise ValueError(f"normalize must be 'symmetric', 'standard' or None, got {normalize!r}")
     return x.sub_(m[:, None, None]).div_(s[:, None, None]), m, s
 
-# %% ../nbs/09_data.ipynb #edf90c40
+# %% ../nbs/09_data.ipynb #0fb833a9
 DIGITS_TEST, DIGITS_SEED = 360, 0
 
 def _digits_table(split):
@@ -205,7 +206,7 @@ def _digits_table(split):
     feats = datasets.Features({'image': datasets.Array2D((8, 8), 'float32'), 'label': datasets.ClassLabel(names=[str(i) for i in range(10)])})
     return datasets.Dataset.from_dict({'image': (d.images[idx] / 16).astype(np.float32), 'label': d.target[idx]}, features=feats)
 
-# %% ../nbs/09_data.ipynb #3637927f
+# %% ../nbs/09_data.ipynb #f81852ce
 def _subdirs(d): return sorted((e for e in os.scandir(d) if e.is_dir() and not e.name.startswith('.')), key=lambda e: e.name)
 def _has_image(d):
     with os.scandir(d) as it: return any(e.is_file() and _is_image_name(e.name) for e in it)
@@ -234,7 +235,7 @@ def _folder_table(root, split):
         paths += [str(d/f) for f in fs]; labels += [i] * len(fs)
     return _table(paths, labels, classes)
 
-# %% ../nbs/09_data.ipynb #a6f88a09
+# %% ../nbs/09_data.ipynb #2709b41e
 def _scan_tar(path, on_file=None):
     "Stream a tarball once: {split: {class: [member]}} of image files at [<top>/]<split>/<class>/<file>; on_file(parts, read) sees each."
     index = {}
@@ -315,7 +316,7 @@ def _tar_table(path, split):
         for m in sorted(index[split].get(c, [])): cells.append({'bytes': data[m], 'path': f"{path}:{m}"}); labels.append(i)
     return _table(cells, labels, classes)
 
-# %% ../nbs/09_data.ipynb #a7addae0
+# %% ../nbs/09_data.ipynb #20c3e6bb
 @contextlib.contextmanager
 def hub_offline(offline=True):
     "Inside the block, datasets and huggingface_hub are offline (or online when offline=False), whatever the environment says."
@@ -352,7 +353,7 @@ def _hub_table(hid, split, offline=None, image_key=None, label_key=None):
     if lab not in feats: raise DataError(f"{hid}: no label column among {list(feats)}; pass label_key=")
     return ds, img, lab
 
-# %% ../nbs/09_data.ipynb #8513ee32
+# %% ../nbs/09_data.ipynb #ae2732d8
 def _subset(labels, limit=None, per_class=None, seed=0):
     "Indices kept: the first per_class of every class (file order), then a seeded random limit of those, sorted."
     idx = np.arange(len(labels))
@@ -404,7 +405,7 @@ def load_images(source='digits',         # see the source grammar above
     x, m, s = _normalize(x, normalize, mean, std, name)
     return ImageData(x, torch.from_numpy(labels), classes, canon, split, m, s, normalize, n_total, transform)
 
-# %% ../nbs/09_data.ipynb #e8120d21
+# %% ../nbs/09_data.ipynb #c612a6f8
 class _OnUint8(torch.nn.Module):
     "Apply an 8-bit image transform (RandAugment) to a normalised float image: de-normalise, quantise, transform, normalise."
     def __init__(self, t, mean, std):
@@ -433,7 +434,7 @@ def augment_batch(x, transform):
     "Apply a per-image transform to every image of a batch (N, C, H, W), each with its own random draw."
     return x if transform is None else torch.stack([transform(xi) for xi in x])
 
-# %% ../nbs/09_data.ipynb #4653482c
+# %% ../nbs/09_data.ipynb #b87c1599
 TEXT_FILES = {'tinyshakespeare': ('tinyshakespeare.txt.gz', 'tinyshakespeare.txt'), 'text8': ('text8', 'text8.zip')}
 TEXT8_CHARS = ' abcdefghijklmnopqrstuvwxyz'
 _DIGIT_WORDS = 'zero one two three four five six seven eight nine'.split()
@@ -457,19 +458,36 @@ def _read_text(p):
     if not text: raise DataError(f"empty text file {p}")
     return text
 
-def load_text(source='tinyshakespeare',  # 'tinyshakespeare', 'text8', or a path to a .txt/.gz/.zip file
-              split=None,                # None (all), 'train', 'val' or 'test' (90/5/5 % by position)
-             ) -> str:
-    "A character corpus as one string (or one of its fixed 90/5/5 parts)."
+def text_path(source) -> Path:
+    "The file behind a text source: 'tinyshakespeare' / 'text8' looked up in the shared folder and the cache, or a path."
     s = str(source)
     if s in TEXT_FILES:
         places = [d/f for d in (shared_data_dir(), data_dir()) if d is not None for f in TEXT_FILES[s]]
         p = next((q for q in places if q.is_file()), None)
         if p is None: raise DataError(f"{s} not found: put {' or '.join(TEXT_FILES[s])} in {data_dir()} (looked at {', '.join(map(str, places))})")
-    else:
-        p = Path(s).expanduser()
-        if not p.is_file(): raise DataError(f"no such text file: {p} (sources: 'tinyshakespeare', 'text8', a .txt/.gz/.zip path)")
-    text = _read_text(p)
+        return p
+    p = Path(s).expanduser()
+    if not p.is_file(): raise DataError(f"no such text file: {p} (sources: 'tinyshakespeare', 'text8', hf:<id>, a .txt/.gz/.zip path)")
+    return p
+
+def _hub_text(hid):
+    "The text of a hub dataset: the first string column of its splits, concatenated in the order train, validation, test."
+    import datasets
+    try: dd = datasets.load_dataset(hid)
+    except Exception as e: raise DataError(f"cannot load text dataset hf:{hid} ({type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''})") from None
+    order = sorted(dd, key=lambda n: ['train', 'validation', 'val', 'test'].index(n) if n in ('train', 'validation', 'val', 'test') else 9)
+    cols = [c for c, f in dd[order[0]].features.items() if getattr(f, 'dtype', None) == 'string']
+    if not cols: raise DataError(f"hf:{hid} has no text column")
+    text = ''.join(''.join(dd[n][cols[0]]) for n in order)
+    if not text: raise DataError(f"hf:{hid} holds no text")
+    return text
+
+def load_text(source='tinyshakespeare',  # 'tinyshakespeare', 'text8', hf:<id>, or a path to a .txt/.gz/.zip file
+              split=None,                # None (all), 'train', 'val' or 'test' (90/5/5 % by position)
+             ) -> str:
+    "A character corpus as one string (or one of its fixed 90/5/5 parts)."
+    s = str(source)
+    text = _hub_text(s[3:]) if s.startswith('hf:') else _read_text(text_path(s))
     if split is None: return text
     parts = split_text(text)
     if split not in parts: raise DataError(f"unknown split {split!r} for {s}: use 'train', 'val' or 'test'")
@@ -499,3 +517,49 @@ class CharVocab:
     def decode(self, ids) -> str:
         "The string of a sequence of ids."
         return ''.join(self.itos[i] for i in (ids.tolist() if torch.is_tensor(ids) else ids))
+
+# %% ../nbs/09_data.ipynb #d45cd81c
+class CharCorpus:
+    "A character corpus: its vocabulary, and the id tensors of its fixed train / val / test parts."
+    def __init__(self, text:str, vocab, source='', path=None, fracs=(0.9, 0.05, 0.05)):
+        self.vocab, self.source, self.path = vocab, str(source), path
+        self.splits = {k: vocab.encode(v) for k, v in split_text(text, fracs).items()}
+        self.chars = len(text)
+    def __getitem__(self, split): return self.splits[split]
+    def __repr__(self): return f"CharCorpus({self.source}: {self.chars:,} characters, {len(self.vocab)} symbols, " + ', '.join(f'{k} {len(v):,}' for k, v in self.splits.items()) + ')'
+
+def load_char_corpus(source='tinyshakespeare',  # a `load_text` source: 'tinyshakespeare', 'text8', hf:<id> or a file
+                     clean:bool=None,           # apply `text8_clean` first (default: only for TinyShakespeare)
+                     alphabet:str=TEXT8_CHARS,  # the symbols a corpus must consist of (None: whatever it holds)
+                    ) -> CharCorpus:
+    "A text8-style corpus with its 90/5/5 split; a corpus outside the alphabet is one DataError naming the file."
+    s = str(source)
+    where = s if s.startswith('hf:') else text_path(s)
+    text = load_text(s)
+    if clean if clean is not None else s == 'tinyshakespeare': text = text8_clean(text)
+    if not text: raise DataError(f"no text left in {where} after text8 cleaning")
+    if alphabet is not None:
+        bad = set(text) - set(alphabet)
+        if bad:
+            i = next(i for i, c in enumerate(text) if c in bad)
+            raise DataError(f"{where} is not a text8-style corpus: character {text[i]!r} at offset {i} is outside its {len(alphabet)}-symbol alphabet (clean=True applies text8_clean)")
+    return CharCorpus(text, CharVocab(alphabet if alphabet is not None else text), s, where)
+
+class TextSequences(Dataset):
+    "Fixed-length sequences of one split's ids, never crossing its ends: item i is ids[i·stride : i·stride + seq_len]."
+    def __init__(self, ids, seq_len:int=256, stride:int=None, source=''):
+        stride = stride or seq_len
+        if not (isinstance(seq_len, int) and seq_len >= 1 and isinstance(stride, int) and stride >= 1): raise DataError(f"seq_len and stride must be integers >= 1, got {seq_len!r}, {stride!r}")
+        if len(ids) < seq_len: raise DataError(f"{source or 'the text'} has {len(ids):,} characters in this split, fewer than one sequence of {seq_len}")
+        self.ids, self.seq_len, self.stride, self.source = ids, seq_len, stride, str(source)
+        self.n = (len(ids) - seq_len) // stride + 1
+    def __len__(self): return self.n
+    def __getitem__(self, i):
+        if not -self.n <= i < self.n: raise IndexError(f"sequence {i} out of range for {self.n}")
+        s = (i % self.n) * self.stride
+        return self.ids[s:s + self.seq_len]
+    def tensor(self, limit:int=None) -> torch.Tensor:
+        "The first `limit` sequences (all by default) as one (N, seq_len) tensor."
+        n = self.n if limit is None else min(limit, self.n)
+        return torch.stack([self[i] for i in range(n)]) if n else self.ids.new_empty(0, self.seq_len)
+    def __repr__(self): return f"TextSequences({self.n:,} × {self.seq_len}, stride {self.stride}, {self.source})"

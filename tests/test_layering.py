@@ -9,8 +9,8 @@ PKG = Path(diffusionblocks.__file__).parent
 LAYERS = [{'errors'},
           {'theory', 'noise', 'partition', 'layers', 'blocks', 'sampling'},                  # the core
           {'checkpoint', 'train', 'data', 'fid', 'latents'},                                   # engine, data, metrics
-          {'dit', 'vit', 'baselines', 'profiles'},                                             # architectures
-          {'jobs.core', 'jobs.image', 'jobs.classify', 'bench'},                               # the jobs layer
+          {'dit', 'vit', 'baselines', 'profiles', 'mdm'},                                      # architectures
+          {'jobs.core', 'jobs.image', 'jobs.classify', 'jobs.text', 'bench'},                  # the jobs layer
           {'cli'}]
 LEVEL = {m: i for i, ms in enumerate(LAYERS) for m in ms}
 

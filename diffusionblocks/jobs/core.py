@@ -20,7 +20,7 @@ from ..train import Trainer, TrainConfig, scale_budget, default_device, SCHEDULE
 from ..checkpoint import RunDir, load_weights, atomic_write
 from ..profiles import PROFILES as _PROFILES, get_profile
 
-# %% ../../nbs/20_jobs.ipynb #07f8d7bf
+# %% ../../nbs/20_jobs.ipynb #de0782a6
 TASKS = ('image-generation', 'classification', 'masked-lm', 'autoregressive-lm', 'recurrent-lm', 'parameter-diffusion')
 SCALES = ('cpu', 'gpu')   # cpu: minutes on 2 cores; gpu: needs an accelerator to finish in reasonable time
 PROFILES = tuple(_PROFILES)   # 'paper' (the library's form) or 'released' (the released code's configuration, `profiles`)
@@ -44,6 +44,7 @@ class Task:
     batch_fn:Callable=None        # loader batch -> (y, cond) (default: the engine's)
     train_set:Callable=None       # (job, TaskData) -> the dataset the Trainer draws from (default: data.train)
     sample:Callable=None          # (model, job, TaskData, path, n, seed, device, **settings) -> path (generative tasks)
+    sample_file:str='samples.png' # the file `sample` writes into the run directory (its suffix is the format: .png grid, .txt text)
     classify:Callable=None        # (model, job, TaskData, device, **settings) -> dict (classification tasks)
     report:Callable=None          # metrics -> one console line of the headline numbers
     eval_keys:tuple=()            # the `Job.eval` settings a user may change when evaluating or resuming
@@ -59,7 +60,7 @@ def register_task(task:Task) -> Task:
 
 def load_tasks() -> dict:
     "Import every task module (each registers its task and presets on import); returns the task registry."
-    from diffusionblocks.jobs import image, classify   # explicit: a broken task module is an error, not a silent gap
+    from diffusionblocks.jobs import image, classify, text   # explicit: a broken task module is an error, not a silent gap
     return TASK_REGISTRY
 
 def get_task(name:str) -> Task:
@@ -217,8 +218,8 @@ def make_job(preset:str,            # a PRESETS key
     if d.get('method') == 'e2e' and d.get('blocks', 1) != 1: raise ConfigError(f"the end-to-end baseline has one block; got --blocks {d['blocks']}")
     return Job.from_dict(d)
 
-# %% ../../nbs/20_jobs.ipynb #752ab560
-RUN_FILES = ('config.json', 'metrics.json', 'metrics.jsonl', 'samples.png', 'checkpoint', 'tb', '.lock')
+# %% ../../nbs/20_jobs.ipynb #c78ddd65
+RUN_FILES = ('config.json', 'metrics.json', 'metrics.jsonl', 'samples.png', 'samples.txt', 'checkpoint', 'tb', '.lock')
 
 def check_out_dir(path) -> Path:
     "Refuse (one-line ConfigError) an output folder that is a file, lies under a file, is not writable, or holds anything."
@@ -260,7 +261,7 @@ def check_device(device) -> torch.device:
     elif dev.type not in ('cpu', 'mps'): raise ConfigError(f"--device {device}: unsupported device type {dev.type!r} (use cpu or cuda)")
     return dev
 
-# %% ../../nbs/20_jobs.ipynb #3a3709c6
+# %% ../../nbs/20_jobs.ipynb #a5e63318
 def build_model(job:Job, data:TaskData):
     "The job's model, seeded; a configuration the architecture rejects (ValueError: e.g. B > L) is a one-line ConfigError."
     torch.manual_seed(job.seed)
@@ -287,7 +288,7 @@ def _train_and_evaluate(job:Job, run_dir, dev, data, resume:bool, progress:bool,
         model.eval()
         metrics.update(task.evaluate(model, job, data, dev, **eval_settings))
         if task.sample is not None and run_dir is not None:
-            metrics['samples'] = str(task.sample(model, job, data, Path(run_dir) / 'samples.png', None, 0, dev, **eval_settings))
+            metrics['samples'] = str(task.sample(model, job, data, Path(run_dir) / task.sample_file, None, 0, dev, **eval_settings))
     if run_dir is not None: atomic_write(Path(run_dir) / 'metrics.json', json.dumps(metrics, indent=1).encode())
     return metrics | ({'run_dir': str(run_dir)} if run_dir is not None else {})
 
