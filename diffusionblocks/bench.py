@@ -6,7 +6,7 @@
 __all__ = ['BENCH_MODELS', 'LiveTensorBytes', 'live_tensors', 'DiskOffload', 'measure', 'run_spec', 'bench_rows',
            'add_model_column', 'bench_sample', 'plot_rows', 'check_args', 'register', 'bench_threads', 'thread_table']
 
-# %% ../nbs/13_bench.ipynb #522566dc
+# %% ../nbs/13_bench.ipynb #ff17a7e5
 import os, sys, gc, json, math, time, resource, subprocess, tempfile, dataclasses
 from pathlib import Path
 import torch
@@ -17,6 +17,7 @@ from safetensors.torch import save_file, load_file
 from .errors import ConfigError
 from .dit import dit_blocks, DIT_MODELS, DiTConfig, sample_images
 from .mdm import mdm_blocks, mdm_config, sample_tokens
+from .ar import ar_blocks, ar_config, CausalLM, NextTokenLM, decode_blocks
 from .train import Trainer, TrainConfig, OffloadStore
 
 # %% ../nbs/13_bench.ipynb #c1de2e21
@@ -71,29 +72,39 @@ class DiskOffload:
         "Is t the placeholder of `key`?"
         ph = self.placeholders.get(key); return ph is not None and ph.data_ptr() == t.data_ptr()
 
-# %% ../nbs/13_bench.ipynb #724e097f
+# %% ../nbs/13_bench.ipynb #463225a6
 BENCH_MODELS = {'dit-s2': dict(model='DiT-S/2', image_size=32, channels=3, num_classes=10),   # the reference configuration
                 'dit-b2': dict(model='DiT-B/2', image_size=32, channels=3, num_classes=10),
                 'dit-tiny': dict(model='DiT-tiny', image_size=8, channels=1, num_classes=10),
                 # masked-diffusion language models (`mdm`): batches of random character ids
                 'mdm-text8': dict(kind='mdm', model='md4-text8', seq_len=256, vocab_size=27),   # the paper's MD4 on text8
                 'mdm-small': dict(kind='mdm', model='mdm-small', seq_len=128, vocab_size=27),   # the CPU preset's network
-                'mdm-tiny': dict(kind='mdm', model='mdm-tiny', seq_len=32, vocab_size=27)}
+                'mdm-tiny': dict(kind='mdm', model='mdm-tiny', seq_len=32, vocab_size=27),
+                # autoregressive language models (`ar`): the [clean ; noisy] 2L sequence; '-plain' = the next-token baseline (B = 1 only)
+                'ar-llama-12': dict(kind='ar', model='ar-llama-12', seq_len=256, vocab_size=32000),   # the paper's LM1B model
+                'ar-llama-12-plain': dict(kind='ar', model='ar-llama-12', seq_len=256, vocab_size=32000, plain=True),
+                'ar-small': dict(kind='ar', model='ar-small', seq_len=64, vocab_size=65),              # the CPU preset's network
+                'ar-small-plain': dict(kind='ar', model='ar-small', seq_len=64, vocab_size=65, plain=True),
+                'ar-tiny': dict(kind='ar', model='ar-tiny', seq_len=32, vocab_size=65),
+                'ar-tiny-plain': dict(kind='ar', model='ar-tiny', seq_len=32, vocab_size=65, plain=True)}
 
 def _is_mdm(name): return BENCH_MODELS[name].get('kind') == 'mdm'
+def _is_text(name): return BENCH_MODELS[name].get('kind') in ('mdm', 'ar')
 
 def _depth(name):
     m = BENCH_MODELS[name]
+    if m.get('kind') == 'ar': return 1 if m.get('plain') else ar_config(m['model']).depth   # a plain model is one block
     return mdm_config(m['model']).depth if _is_mdm(name) else DIT_MODELS[m['model']].depth
 
 def _bench_model(spec, blocks=None):
     m, B = BENCH_MODELS[spec['model']], blocks or spec['blocks']
     if _is_mdm(spec['model']): return mdm_blocks(m['model'], m['vocab_size'], m['seq_len'], blocks=B)
+    if m.get('kind') == 'ar': return NextTokenLM(CausalLM(m['vocab_size'], m['model'], m['seq_len'])) if m.get('plain') else ar_blocks(m['model'], m['vocab_size'], m['seq_len'], blocks=B)
     return dit_blocks(m['model'], m['image_size'], m['channels'], m['num_classes'], blocks=B)
 
 def _batch(spec, device):
     m = BENCH_MODELS[spec['model']]; g = torch.Generator().manual_seed(0)
-    if _is_mdm(spec['model']): return torch.randint(0, m['vocab_size'], (spec['batch_size'], m['seq_len']), generator=g).to(device)
+    if _is_text(spec['model']): return torch.randint(0, m['vocab_size'], (spec['batch_size'], m['seq_len']), generator=g).to(device)
     x = torch.randn(spec['batch_size'], m['channels'], m['image_size'], m['image_size'], generator=g).clamp(-1, 1)
     return x.to(device), torch.randint(0, m['num_classes'], (spec['batch_size'],), generator=g).to(device)
 
@@ -166,15 +177,17 @@ def add_model_column(rows):
         r['analytic_bytes'] = int((4 * P + A) * L / r['blocks']) if r['residency'] != 'all' else int(3 * P * L + (P + A) * L / r['blocks'])
     return rows
 
-# %% ../nbs/13_bench.ipynb #9e492375
+# %% ../nbs/13_bench.ipynb #0aee3bac
 def bench_sample(model='dit-s2', blocks=(1, 2, 3, 4, 6), device='cpu', n=16, sample_steps=50, repeats=1) -> list:
-    "Samples per second (images: Euler with CFG 2.0; text: the ancestral masked-diffusion sampler) for each B, same steps; speed-up relative to B = 1."
+    "Samples per second (images: Euler with CFG 2.0; masked text: the ancestral sampler; AR text: 16 tokens, `sample_steps` per token) for each B, same steps; speed-up relative to B = 1."
     m = BENCH_MODELS[model]; dev = torch.device(device); rows = []
     for B in blocks:
         torch.manual_seed(0)
         net = _bench_model(dict(model=model), B).to(dev).eval()
         for b in net.blocks: [torch.nn.init.normal_(p, std=0.02) for p in b.parameters()]   # non-trivial weights: no identity shortcut
+        if m.get('plain'): raise ConfigError(f"{model} is a plain next-token model: `bench sample` times DiffusionBlocks samplers (use {model[:-6]})")
         if _is_mdm(model): draw = lambda S: sample_tokens(net, n, m['seq_len'], S, device=dev)
+        elif m.get('kind') == 'ar': draw = lambda S: decode_blocks(net, torch.zeros(n, 1, dtype=torch.long, device=dev), 16, sample_steps=S)
         else: draw = lambda S: sample_images(net, n, labels=torch.arange(n) % m['num_classes'], sample_steps=S, device=dev)
         with torch.no_grad(), torch.autocast(dev.type, torch.bfloat16, enabled=dev.type == 'cuda'):
             draw(max(2, B))                                                                   # warm-up
@@ -189,7 +202,7 @@ def bench_sample(model='dit-s2', blocks=(1, 2, 3, 4, 6), device='cpu', n=16, sam
     for r in rows: r['speedup'] = None if base is None else r['images_per_second'] / base['images_per_second']
     return rows
 
-# %% ../nbs/13_bench.ipynb #df629384
+# %% ../nbs/13_bench.ipynb #32cea9fc
 def plot_rows(rows, path, title=''):
     "Peak memory and step time against B (one line per residency/schedule), as a PNG."
     import matplotlib; matplotlib.use('Agg'); import matplotlib.pyplot as plt
@@ -278,7 +291,7 @@ def register(sub):
         return _run_bench(a)
     p.set_defaults(run=run)
 
-# %% ../nbs/13_bench.ipynb #d6c21bc9
+# %% ../nbs/13_bench.ipynb #0b622a2f
 _THREAD_WORKER = """
 import json, sys, time, torch
 spec = json.loads(sys.argv[1])

@@ -72,14 +72,16 @@ class MaskedDiffusion:
         return loss, {'loss': loss.detach(), 'loss_unweighted': (ce.sum() / masked.sum().clamp(min=1)).detach()}
     def grid(self, model, sample_steps:int): return model.partition.grid(sample_steps)
 
-# %% ../nbs/19_mdm.ipynb #900d3002
+# %% ../nbs/19_mdm.ipynb #4daa520e
 def rotary(x,                 # (N, H, T, D) queries or keys, D even
            base:float=10000., # frequencies base^(−2i/D)
+           positions=None,    # (T,) position of each token (default 0 … T−1; an autoregressive cache starts later)
           ) -> torch.Tensor:
     "Rotary position embedding (RoFormer): each pair (x_i, x_{i+D/2}) rotated by position × its frequency."
     T, D = x.shape[-2], x.shape[-1]
     inv = 1. / base ** (torch.arange(0, D // 2, device=x.device, dtype=torch.float32) * 2 / D)
-    ang = torch.arange(T, device=x.device, dtype=torch.float32)[:, None] * inv           # (T, D/2)
+    pos = torch.arange(T, device=x.device) if positions is None else torch.as_tensor(positions, device=x.device)
+    ang = pos.float()[:, None] * inv                                                     # (T, D/2)
     cos, sin = ang.cos().to(x.dtype), ang.sin().to(x.dtype)
     x1, x2 = x[..., :D // 2], x[..., D // 2:]
     return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], -1)

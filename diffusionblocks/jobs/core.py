@@ -6,7 +6,7 @@
 __all__ = ['TASKS', 'SCALES', 'PROFILES', 'TASK_REGISTRY', 'PRESETS', 'RUN_FILES', 'RESUMABLE', 'TaskData', 'Task',
            'register_task', 'load_tasks', 'get_task', 'Job', 'base_iterations', 'budget', 'Preset', 'register_preset',
            'preset_rows', 'make_job', 'check_out_dir', 'default_out', 'peak_memory', 'hardware', 'check_device',
-           'build_model', 'run_job', 'read_run', 'resume_run', 'load_run', 'evaluate_run']
+           'build_model', 'run_job', 'read_run', 'resume_run', 'load_run', 'evaluate_run', 'run_jobs']
 
 # %% ../../nbs/20_jobs.ipynb #c1efca15
 import os, sys, json, math, time, platform, resource, dataclasses, warnings
@@ -20,7 +20,7 @@ from ..train import Trainer, TrainConfig, scale_budget, default_device, SCHEDULE
 from ..checkpoint import RunDir, load_weights, atomic_write
 from ..profiles import PROFILES as _PROFILES, get_profile
 
-# %% ../../nbs/20_jobs.ipynb #de0782a6
+# %% ../../nbs/20_jobs.ipynb #027b5b17
 TASKS = ('image-generation', 'classification', 'masked-lm', 'autoregressive-lm', 'recurrent-lm', 'parameter-diffusion')
 SCALES = ('cpu', 'gpu')   # cpu: minutes on 2 cores; gpu: needs an accelerator to finish in reasonable time
 PROFILES = tuple(_PROFILES)   # 'paper' (the library's form) or 'released' (the released code's configuration, `profiles`)
@@ -48,6 +48,7 @@ class Task:
     classify:Callable=None        # (model, job, TaskData, device, **settings) -> dict (classification tasks)
     report:Callable=None          # metrics -> one console line of the headline numbers
     eval_keys:tuple=()            # the `Job.eval` settings a user may change when evaluating or resuming
+    files:Callable=None           # (job, TaskData, run_dir) -> None: files a run keeps beside its weights (e.g. its tokenizer)
 
 TASK_REGISTRY = {}
 def register_task(task:Task) -> Task:
@@ -60,7 +61,7 @@ def register_task(task:Task) -> Task:
 
 def load_tasks() -> dict:
     "Import every task module (each registers its task and presets on import); returns the task registry."
-    from diffusionblocks.jobs import image, classify, text   # explicit: a broken task module is an error, not a silent gap
+    from diffusionblocks.jobs import image, classify, text, lm, recurrent   # explicit: a broken task module is an error, not a silent gap
     return TASK_REGISTRY
 
 def get_task(name:str) -> Task:
@@ -218,8 +219,8 @@ def make_job(preset:str,            # a PRESETS key
     if d.get('method') == 'e2e' and d.get('blocks', 1) != 1: raise ConfigError(f"the end-to-end baseline has one block; got --blocks {d['blocks']}")
     return Job.from_dict(d)
 
-# %% ../../nbs/20_jobs.ipynb #c78ddd65
-RUN_FILES = ('config.json', 'metrics.json', 'metrics.jsonl', 'samples.png', 'samples.txt', 'checkpoint', 'tb', '.lock')
+# %% ../../nbs/20_jobs.ipynb #8d5e9264
+RUN_FILES = ('config.json', 'metrics.json', 'metrics.jsonl', 'samples.png', 'samples.txt', 'tokenizer.json', 'checkpoint', 'tb', '.lock')
 
 def check_out_dir(path) -> Path:
     "Refuse (one-line ConfigError) an output folder that is a file, lies under a file, is not writable, or holds anything."
@@ -261,7 +262,7 @@ def check_device(device) -> torch.device:
     elif dev.type not in ('cpu', 'mps'): raise ConfigError(f"--device {device}: unsupported device type {dev.type!r} (use cpu or cuda)")
     return dev
 
-# %% ../../nbs/20_jobs.ipynb #a5e63318
+# %% ../../nbs/20_jobs.ipynb #1afc41dc
 def build_model(job:Job, data:TaskData):
     "The job's model, seeded; a configuration the architecture rejects (ValueError: e.g. B > L) is a one-line ConfigError."
     torch.manual_seed(job.seed)
@@ -275,6 +276,7 @@ def _train_and_evaluate(job:Job, run_dir, dev, data, resume:bool, progress:bool,
     model = build_model(job, data)
     cfg = budget(job, len(data.train), progress=progress)
     train_set = task.train_set(job, data) if task.train_set is not None else data.train
+    if task.files is not None and run_dir is not None: task.files(job, data, Path(run_dir))
     trainer = Trainer(model, cfg, train_set, run_dir, batch_fn=task.batch_fn, device=dev, resume=resume, meta={'job': job.to_dict()},
                       **({'extend': True} if extend else {}))
     summary = trainer.fit()
@@ -388,3 +390,30 @@ def evaluate_run(run_dir, device=None, **settings) -> dict:
     model, job, data = load_run(run_dir, device)
     settings = _eval_settings(job, settings)
     with torch.no_grad(): return get_task(job.task).evaluate(model, job, data, next(model.parameters()).device, **settings)
+
+# %% ../../nbs/20_jobs.ipynb #0ea92c14
+def run_jobs(jobs:dict,            # {arm name: Job}
+             out_root,             # each arm's run directory is out_root/<name>
+             parallel:int=2,       # processes at a time
+             threads:int=1,        # CPU threads per process (OMP_NUM_THREADS)
+             device=None,          # default: the runner's (CUDA when available)
+             eval_settings:dict=None,
+            ) -> dict:             # {name: metrics}
+    "Run several jobs as separate processes, `parallel` at a time; return their metrics by name."
+    import subprocess
+    code = ("import json, sys; import diffusionblocks.jobs.core as jc; "
+            "jc.run_job(jc.Job.from_json(sys.argv[1]), out=sys.argv[2], device=json.loads(sys.argv[3]), progress=False, eval_settings=json.loads(sys.argv[4]))")
+    env = {**os.environ, 'OMP_NUM_THREADS': str(threads)}
+    todo, running, out = list(jobs), {}, {}
+    while todo or running:
+        while todo and len(running) < parallel:
+            n = todo.pop(0)
+            running[n] = subprocess.Popen([sys.executable, '-c', code, jobs[n].to_json(), str(Path(out_root) / n), json.dumps(device),
+                                           json.dumps(eval_settings or {})], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        for n, p in list(running.items()):
+            if p.poll() is None: continue
+            err = p.stderr.read(); del running[n]
+            if p.returncode: raise RuntimeError(f'arm {n} failed: {err.strip().splitlines()[-1] if err.strip() else p.returncode}')
+            out[n] = json.loads((Path(out_root) / n / 'metrics.json').read_text())
+        time.sleep(1)
+    return {n: out[n] for n in jobs}
