@@ -20,7 +20,7 @@ from ..train import Trainer, TrainConfig, scale_budget, default_device, SCHEDULE
 from ..checkpoint import RunDir, load_weights, atomic_write
 from ..profiles import PROFILES as _PROFILES, get_profile
 
-# %% ../../nbs/20_jobs.ipynb #027b5b17
+# %% ../../nbs/20_jobs.ipynb #6a5a4c51
 TASKS = ('image-generation', 'classification', 'masked-lm', 'autoregressive-lm', 'recurrent-lm', 'parameter-diffusion')
 SCALES = ('cpu', 'gpu')   # cpu: minutes on 2 cores; gpu: needs an accelerator to finish in reasonable time
 PROFILES = tuple(_PROFILES)   # 'paper' (the library's form) or 'released' (the released code's configuration, `profiles`)
@@ -61,7 +61,7 @@ def register_task(task:Task) -> Task:
 
 def load_tasks() -> dict:
     "Import every task module (each registers its task and presets on import); returns the task registry."
-    from diffusionblocks.jobs import image, classify, text, lm, recurrent   # explicit: a broken task module is an error, not a silent gap
+    from diffusionblocks.jobs import image, classify, text, lm, recurrent, pdiff   # explicit: a broken task module is an error, not a silent gap
     return TASK_REGISTRY
 
 def get_task(name:str) -> Task:
