@@ -4,7 +4,8 @@
 
 # %% auto #0
 __all__ = ['BENCH_MODELS', 'LiveTensorBytes', 'live_tensors', 'DiskOffload', 'measure', 'run_spec', 'bench_rows',
-           'add_model_column', 'bench_sample', 'plot_rows', 'check_args', 'register', 'bench_threads', 'thread_table']
+           'add_model_column', 'bench_sample', 'plot_rows', 'check_args', 'register', 'bench_threads', 'thread_table',
+           'bench_residency', 'bench_scaling', 'scaling_table', 'plot_scaling']
 
 # %% ../nbs/13_bench.ipynb #ff17a7e5
 import os, sys, gc, json, math, time, resource, subprocess, tempfile, dataclasses
@@ -72,7 +73,7 @@ class DiskOffload:
         "Is t the placeholder of `key`?"
         ph = self.placeholders.get(key); return ph is not None and ph.data_ptr() == t.data_ptr()
 
-# %% ../nbs/13_bench.ipynb #463225a6
+# %% ../nbs/13_bench.ipynb #a26f5484
 BENCH_MODELS = {'dit-s2': dict(model='DiT-S/2', image_size=32, channels=3, num_classes=10),   # the reference configuration
                 'dit-b2': dict(model='DiT-B/2', image_size=32, channels=3, num_classes=10),
                 'dit-tiny': dict(model='DiT-tiny', image_size=8, channels=1, num_classes=10),
@@ -115,7 +116,8 @@ def measure(spec:dict) -> dict:
     model = _bench_model(spec)
     B = model.num_blocks
     cfg = TrainConfig(iterations=10**6, batch_size=spec['batch_size'], lr=1e-4, schedule=spec['schedule'], residency=spec['residency'] or 'all',
-                      checkpointing=spec['checkpointing'], progress=False, tensorboard=False)
+                      checkpointing=spec['checkpointing'], progress=False, tensorboard=False,
+                      fused=spec.get('fused', True), compile=spec.get('compile', False))
     offload = DiskOffload(dev) if spec['residency'] == 'active' and not cuda else None
     tr = Trainer(model, cfg, device=dev, offload=offload)
     batch = _batch(spec, dev)
@@ -138,7 +140,8 @@ def measure(spec:dict) -> dict:
     return dict(mode='end-to-end' if B == 1 else 'blocks', blocks=B, residency=None if B == 1 else spec['residency'],
                 schedule=None if B == 1 else spec['schedule'], checkpointing=spec['checkpointing'], peak_bytes=peak,
                 step_seconds=secs, peak_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-                swaps=tr.swaps - swaps0, layers=sum(model.split), layer_param_bytes=P_layer,
+                swaps=tr.swaps - swaps0, layers=sum(model.split), layer_param_bytes=P_layer, batch_size=spec['batch_size'],
+                fused=spec.get('fused', True), compile=spec.get('compile', False),
                 params_bytes=sum(p.numel() * p.element_size() for p in model.parameters()))
 
 def run_spec(spec:dict, timeout=1800) -> dict:
@@ -202,7 +205,7 @@ def bench_sample(model='dit-s2', blocks=(1, 2, 3, 4, 6), device='cpu', n=16, sam
     for r in rows: r['speedup'] = None if base is None else r['images_per_second'] / base['images_per_second']
     return rows
 
-# %% ../nbs/13_bench.ipynb #32cea9fc
+# %% ../nbs/13_bench.ipynb #544c27f4
 def plot_rows(rows, path, title=''):
     "Peak memory and step time against B (one line per residency/schedule), as a PNG."
     import matplotlib; matplotlib.use('Agg'); import matplotlib.pyplot as plt
@@ -264,13 +267,28 @@ def _run_bench(a):
         for r in rows: print({k: r.get(k) for k in ('mode', 'blocks', 'residency', 'schedule', 'checkpointing', 'peak_bytes', 'analytic_bytes', 'step_seconds', 'speedup') if k in r})
         print(f"wrote {stem.with_suffix('.json')}" + ('' if a.what == 'sample' else f" and {stem.with_suffix('.png')}"))
 
+def _run_scaling(a):
+    if any(k < 1 for k in a.procs): raise ConfigError(f"--procs must be >= 1, got {a.procs}")
+    if len(a.blocks) != 1 or a.blocks[0] < 1: raise ConfigError(f"bench scaling takes one --blocks B, got {a.blocks}")
+    if a.iterations < 1: raise ConfigError(f"--iterations must be >= 1, got {a.iterations}")
+    if a.device == 'cuda' and max(a.procs) > torch.cuda.device_count(): raise ConfigError(f"--procs {max(a.procs)} on CUDA needs one GPU per rank; this machine has {torch.cuda.device_count()}")
+    _writable_dir(a.out)
+    rows = bench_scaling(a.procs, a.config, a.blocks[0], a.iterations, a.device)
+    out = dict(benchmark='scaling', device=a.device, config=a.config, cores=os.cpu_count(), rows=rows)
+    stem = Path(a.out) / f"bench-scaling-{a.config}-{a.device}"
+    stem.with_suffix('.json').write_text(json.dumps(out, indent=1)); plot_scaling(rows, stem.with_suffix('.png'), f"{a.config}, B = {a.blocks[0]}, {a.device}")
+    print(json.dumps(out) if a.json else scaling_table(rows) + f"\nwrote {stem.with_suffix('.json')} and {stem.with_suffix('.png')}")
+
 def register(sub):
     "Add the `bench` subcommand to an argparse subparsers object (the CLI imports this explicitly)."
     import argparse
     p = sub.add_parser('bench', help='memory, training-speed and sampling-speed benchmarks (JSON + plot)')
-    p.add_argument('what', choices=['memory', 'speed', 'sample'])
+    p.add_argument('what', choices=['memory', 'speed', 'sample', 'scaling'])
+    p.add_argument('--procs', type=int, nargs='+', default=[1, 2], help='scaling: numbers of torchrun ranks K to time')
+    p.add_argument('--config', default='digits', help='scaling: preset of the block-wise job')
+    p.add_argument('--iterations', type=int, default=100, help="scaling: the job's baseline budget")
     p.add_argument('--model', default='dit-s2', help=f"one of {', '.join(BENCH_MODELS)} (dit-s2: the 12-layer DiT-S/2 at 32x32 reference)")
-    p.add_argument('--blocks', type=int, nargs='+', default=[1, 2, 3, 4, 6], help='values of B (each divides the depth)')
+    p.add_argument('--blocks', type=int, nargs='+', default=None, help='values of B (each divides the depth; default 1 2 3 4 6); scaling: one B (default 2)')
     p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu', choices=['cpu', 'cuda'])
     p.add_argument('--batch-size', type=int, default=None, help='training batch (default 8 on CPU, 128 on CUDA); images for sample')
     p.add_argument('--timed-steps', type=int, default=None, help='measured training steps of memory/speed (default 3 CPU / 20 CUDA)')
@@ -279,6 +297,8 @@ def register(sub):
     p.add_argument('--checkpointing', action='store_true', help='also measure with activation checkpointing')
     p.add_argument('--out', default='runs/bench'); p.add_argument('--json', action='store_true', help='print one JSON object')
     def run(a):
+        if a.blocks is None: a.blocks = [2] if a.what == 'scaling' else [1, 2, 3, 4, 6]
+        if a.what == 'scaling': return _run_scaling(a)
         cuda = a.device == 'cuda'
         if a.steps is not None:
             new = '--sample-steps' if a.what == 'sample' else '--timed-steps'
@@ -344,3 +364,72 @@ def thread_table(rows) -> str:
         each = ', '.join(f"{r['iterations_per_second']:.1f}" for r in rows if r['threads'] == t)
         lines.append(f'| {t} | {q:.1f} | {b:.1f} | {q / b:.1f}× | {each} |')
     return '\n'.join(lines)
+
+# %% ../nbs/13_bench.ipynb #7a78a8d1
+def bench_residency(model:str='dit-s2', blocks:int=4, device:str='cpu', batch_size:int=8, steps:int=10, rounds:int=5) -> dict:
+    "Median step-time ratio active/all (sequential schedule, last block) from interleaved rounds in this process."
+    dev = torch.device(device); cuda = dev.type == 'cuda'
+    spec = dict(model=model, blocks=blocks, batch_size=batch_size)
+    trainers = {}
+    for res in ('all', 'active'):
+        torch.manual_seed(0)
+        cfg = TrainConfig(iterations=10**6, batch_size=batch_size, lr=1e-4, schedule='sequential', residency=res, progress=False, tensorboard=False)
+        trainers[res] = Trainer(_bench_model(spec), cfg, device=dev, offload=DiskOffload(dev) if res == 'active' and not cuda else None)
+    batch, k = _batch(dict(spec), dev), blocks - 1
+    for tr in trainers.values(): tr.step(k, batch); tr.step(k, batch)      # warm-up: the block resident, AdamW state built
+    times = {res: [] for res in trainers}
+    for _ in range(rounds):
+        for res, tr in trainers.items():
+            if cuda: torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            for _ in range(steps): tr.step(k, batch)
+            if cuda: torch.cuda.synchronize()
+            times[res].append((time.perf_counter() - t0) / steps)
+    ratios = sorted(a / b for a, b in zip(times['active'], times['all']))
+    return dict(model=model, blocks=blocks, device=str(dev), batch_size=batch_size, steps=steps, rounds=rounds, step_seconds=times,
+                ratio_active_over_all=ratios[len(ratios) // 2], ratios=ratios)
+
+# %% ../nbs/13_bench.ipynb #6427d468
+def bench_scaling(procs=(1, 2),         # numbers of ranks K to time, in this order (the first is the reference)
+                  config:str='digits',  # preset of the block-wise job
+                  blocks:int=2,         # B
+                  iterations:int=100,   # the baseline budget (the job trains B× this)
+                  device:str='cpu',     # 'cuda' needs one GPU per rank
+                 ) -> list:             # one row per K
+    "Wall and training time of one fixed block-wise budget trained by K = procs torchrun ranks (one CPU thread each)."
+    import diffusionblocks
+    root = str(Path(diffusionblocks.__file__).resolve().parents[1])
+    env = {**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONPATH': os.pathsep.join([root, os.environ.get('PYTHONPATH', '')])}
+    rows = []
+    for K in procs:
+        with tempfile.TemporaryDirectory() as d:
+            cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc-per-node', str(K), '-m', 'diffusionblocks.cli', 'train',
+                   '--config', config, '--blocks', str(blocks), '--iterations', str(iterations), '--parallel', 'blocks', '--no-eval', '--quiet',
+                   '--device', device, '--threads', '1', '--out', f'{d}/run']
+            load = os.getloadavg()[0]
+            t0 = time.perf_counter(); r = subprocess.run(cmd, capture_output=True, text=True, env=env); wall = time.perf_counter() - t0
+            if r.returncode: raise RuntimeError(f"K={K}: {r.stderr.strip().splitlines()[-1] if r.stderr.strip() else r.returncode}")
+            m = json.loads(Path(d, 'run', 'metrics.json').read_text())
+        rows.append(dict(procs=K, blocks=blocks, iterations=m['iterations'], wall_seconds=round(wall, 2), train_seconds=m['train_seconds'],
+                         rank_train_seconds=[x['train_seconds'] for x in m['ranks']], load_before=round(load, 2)))
+    for r in rows:
+        r['speedup_wall'] = round(rows[0]['wall_seconds'] / r['wall_seconds'], 3)
+        r['speedup_train'] = round(rows[0]['train_seconds'] / r['train_seconds'], 3)
+        r['ideal'], r['ideal_layout'] = r['procs'], round(blocks / math.ceil(blocks / r['procs']), 3) if r['procs'] <= blocks else r['procs']
+    return rows
+
+def scaling_table(rows) -> str:
+    "Markdown table of `bench_scaling` rows."
+    out = ['| K ranks | B | wall (s) | speed-up (wall) | training (s) | speed-up (training) | ideal K× | layout bound |', '|---|---|---|---|---|---|---|---|']
+    for r in rows: out.append(f"| {r['procs']} | {r['blocks']} | {r['wall_seconds']:.1f} | {r['speedup_wall']:.2f}× | {r['train_seconds']:.1f} | {r['speedup_train']:.2f}× | {r['ideal']}× | {r['ideal_layout']}× |")
+    return '\n'.join(out)
+
+def plot_scaling(rows, path, title=''):
+    "Speed-up against K: wall, training, and the two ideals."
+    import matplotlib; matplotlib.use('Agg'); import matplotlib.pyplot as plt
+    K = [r['procs'] for r in rows]
+    fig, ax = plt.subplots(figsize=(4.2, 3.2))
+    for key, lab, st in (('speedup_train', 'training time', 'o-'), ('speedup_wall', 'wall time (incl. start-up)', 's-'), ('ideal', 'ideal K×', 'k--'), ('ideal_layout', 'bound B/⌈B/K⌉', 'k:')):
+        ax.plot(K, [r[key] for r in rows], st, label=lab, ms=4)
+    ax.set_xlabel('ranks K'); ax.set_ylabel('speed-up over K = 1'); ax.legend(fontsize=7); ax.set_title(title, fontsize=8)
+    fig.tight_layout(); fig.savefig(path); plt.close(fig)

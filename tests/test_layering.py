@@ -7,10 +7,10 @@ import diffusionblocks
 
 PKG = Path(diffusionblocks.__file__).parent
 LAYERS = [{'errors'},
-          {'theory', 'noise', 'partition', 'layers', 'blocks', 'sampling'},                  # the core
-          {'checkpoint', 'train', 'data', 'tokens', 'fid', 'lm_metrics', 'latents'},                                 # engine, data, metrics
-          {'dit', 'vit', 'baselines', 'profiles', 'mdm', 'ar', 'huginn', 'pdiff', 'pdiff_models'},                              # architectures
-          {'jobs.core', 'jobs.image', 'jobs.classify', 'jobs.text', 'jobs.lm', 'jobs.recurrent', 'jobs.pdiff', 'bench'},                  # the jobs layer
+          {'theory', 'noise', 'flow', 'partition', 'layers', 'blocks', 'sampling'},                  # the core
+          {'checkpoint', 'train', 'parallel', 'data', 'tokens', 'fid', 'lm_metrics', 'latents'},                                 # engine, data, metrics
+          {'dit', 'vit', 'baselines', 'profiles', 'mdm', 'ar', 'huginn', 'pdiff', 'pdiff_models', 'lora', 'convert'},                              # architectures
+          {'jobs.core', 'jobs.image', 'jobs.classify', 'jobs.text', 'jobs.lm', 'jobs.recurrent', 'jobs.pdiff', 'jobs.convert', 'jobs.reproduce', 'jobs.parallel', 'bench'},                  # the jobs layer
           {'cli'}]
 LEVEL = {m: i for i, ms in enumerate(LAYERS) for m in ms}
 

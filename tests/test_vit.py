@@ -92,6 +92,40 @@ def test_classification_run_through_the_runner_and_the_command(tmp_path, monkeyp
     assert set(saved) >= {'accuracy', 'ece', 'nll', 'train_seconds', 'hardware', 'steps_per_block'}
     assert main(['classify', str(tmp_path / 'run'), '--sample-steps', '1', '2']) == 0
     out = json.loads(capsys.readouterr().out)
-    assert set(out['accuracy_vs_sample_steps']) == {'1', '2'} and out['accuracy_vs_sample_steps']['1'] == saved['accuracy']
+    key = 'accuracy_vs_sample_steps_paper_inference'               # the headline inference, named as in metrics.json
+    assert set(out[key]) == {'1', '2'} and out[key]['1'] == saved['accuracy'] == saved[key]['1']
     assert main(['train', '--config', 'vit-digits', '--out', str(tmp_path / 'run'), '--quiet']) == 2
     assert 'already holds a run' in capsys.readouterr().err
+
+
+def test_released_profile_routes_boundary_grids_like_bucketize_right():
+    "The 4-point grid's interior points lie on the B = 3 boundaries: the library calls blocks 0, 1, 2, 2; the released tie rule 0, 0, 1, 2."
+    calls = {}
+    for profile in ('paper', 'released'):
+        m = vit_blocks(TINY, 5, blocks=3, profile=profile)
+        ks = []
+        hs = [b.register_forward_hook(lambda mod, a, o, k=k: ks.append(k)) for k, b in enumerate(m.blocks)]
+        classify(m, data(4)[0], sample_steps=3, cond_max=None)
+        for h in hs: h.remove()
+        calls[profile] = ks
+    assert calls == {'paper': [0, 1, 2, 2], 'released': [0, 0, 1, 2]}
+    # the released code's own rule on the same grid: bucketize(σ, ascending boundaries, right=True) − 1, reversed
+    m = vit_blocks(TINY, 5, blocks=3, profile='released')
+    asc = torch.tensor(m.partition.boundaries[::-1], dtype=torch.float64)
+    g = equal_mass_sigmas(4)
+    ref = (3 - 1) - (torch.bucketize(g, asc, right=True) - 1).clamp(0, 2)
+    assert m.partition.block_of(g).tolist() == ref.tolist()
+
+
+def test_block0_log_uniform_changes_block0_training_only():
+    "The improved option: block 0's training σ are log-uniform over its range; blocks 1, 2 and routing are untouched; an engine step still trains only the sampled block."
+    torch.manual_seed(0)
+    m = vit_blocks(TINY, 5, blocks=3, profile='released', share_adapter=True, block0_sigma='log-uniform')
+    hi, lo = m.partition.train_range(0)
+    s = m.partition.sample_sigma(0, 50_000, torch.Generator().manual_seed(0)).double().log()
+    u = (s - torch.log(torch.tensor(lo, dtype=torch.float64))) / torch.log(torch.tensor(hi / lo, dtype=torch.float64))
+    assert abs(u.mean().item() - 0.5) < 0.01 and abs(u.var().item() - 1 / 12) < 0.003            # uniform in ln σ on [lo, hi]
+    ref = vit_blocks(TINY, 5, blocks=3, profile='released', share_adapter=True)
+    for k in (1, 2):
+        assert torch.equal(m.partition.sample_sigma(k, 64, torch.Generator().manual_seed(3)), ref.partition.sample_sigma(k, 64, torch.Generator().manual_seed(3)))
+    assert m.fingerprint()['partition']['type'] == 'CoverPartition' and m.partition.tie == 'higher'

@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['CODECS', 'TASK', 'make_codec', 'load_data', 'build', 'sample_grid', 'evaluate', 'sample', 'report']
 
-# %% ../../nbs/21_jobs_image.ipynb #8be76c7b
+# %% ../../nbs/21_jobs_image.ipynb #beac3a49
 import json, time
 from pathlib import Path
 import torch
@@ -13,7 +13,7 @@ from torchvision.utils import save_image
 from ..errors import ConfigError, DataError
 from ..data import load_images, data_dir, ImageData
 from ..dit import dit_blocks, DiTConfig, DIT_MODELS, sample_images
-from ..fid import feature_net_for, local_fid
+from ..fid import feature_net_for, local_fid, extract_features, frechet_distance
 from ..latents import SDVAE, StandInVAE, encode_images
 from .core import Task, TaskData, register_task, register_preset
 
@@ -71,7 +71,7 @@ def build(job, data:TaskData):
     d = data.train
     return dit_blocks(cfg, d.shape[1:], d.shape[0], d.num_classes, blocks=job.blocks, overlap=job.overlap, scheme=job.scheme, split=job.split)
 
-# %% ../../nbs/21_jobs_image.ipynb #6e44569d
+# %% ../../nbs/21_jobs_image.ipynb #790492ab
 def _pixels(data:TaskData, x):
     "Generated samples in pixel space (decoded when the model diffuses latents)."
     codec = data.extra.get('codec')
@@ -103,7 +103,14 @@ def evaluate(model, job, data:TaskData, device=None, n_eval:int=None, sample_ste
     t = time.perf_counter()
     with torch.no_grad(): x, _ = sample_grid(model, data, n, steps, cfg, seed)
     seconds = time.perf_counter() - t
-    return dict(fid_local=local_fid(net, real.images, x), fid_local_test_split=None if test is None else local_fid(net, real.images, test.images),
+    ref, fake = extract_features(net, real.images), extract_features(net, x)
+    pool, source = (test.images, 'test split') if test is not None else (real.images, 'train split (overlaps the reference set: biased low)')
+    m = min(n, len(pool))                                                 # the real-data reference at the generated images' n (or all there is)
+    idx = torch.randperm(len(pool), generator=torch.Generator().manual_seed(seed))[:m]
+    fid = frechet_distance(ref, fake)
+    return dict(fid_local=fid, fid_local_test_split=None if test is None else frechet_distance(ref, extract_features(net, test.images)),
+                fid_local_real_ref=frechet_distance(ref, extract_features(net, pool[idx])), fid_local_real_ref_n=m, fid_local_real_ref_source=source,
+                fid_local_at_ref_n=fid if m == n else frechet_distance(ref, fake[:m]),
                 n_eval=n, sample_seconds=round(seconds, 2), sample_steps=steps, cfg_scale=cfg)
 
 def sample(model, job, data:TaskData, path, n:int=None, seed:int=0, device=None, sample_steps:int=None, cfg_scale:float=None, **_) -> Path:
@@ -114,7 +121,12 @@ def sample(model, job, data:TaskData, path, n:int=None, seed:int=0, device=None,
     return Path(path)
 
 def report(m:dict) -> str:
-    fid = f"local FID {m['fid_local']:.3f}" + (f" (test split vs train: {m['fid_local_test_split']:.3f})" if m.get('fid_local_test_split') is not None else '') if 'fid_local' in m else 'not evaluated'
+    fid = 'not evaluated'
+    if 'fid_local' in m:
+        fid = f"local FID {m['fid_local']:.3f} (n = {m['n_eval']})"
+        if m.get('fid_local_real_ref') is not None:       # runs evaluated before the equal-n reference lack these keys
+            fid += (f"; at n = {m['fid_local_real_ref_n']}: generated {m['fid_local_at_ref_n']:.3f} vs real {m['fid_local_real_ref']:.3f}"
+                    f" ({m['fid_local_real_ref_source']})")
     return f"{m['method']} B={m['blocks']}: {m['iterations']} iterations in {m['train_seconds']:.0f} s, peak memory {m['peak_memory_bytes'] / 2**20:.0f} MiB ({m['peak_memory_method']}); {fid}"
 
 TASK = register_task(Task('image-generation', methods=('dblocks', 'e2e'), blockwise=('dblocks',), load_data=load_data, build=build,

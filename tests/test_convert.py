@@ -1,0 +1,200 @@
+"""Conversion of pretrained diffusion transformers into blocks (issue 16): our DiT runs and tiny randomly initialised diffusers
+transformers of every supported class (a config only, no download) — converted, fine-tuned a few steps through `train --resume`
+and sampled; routing by t; residency in memory-mapped safetensors under a memory limit."""
+import json, os, subprocess, sys, textwrap
+from pathlib import Path
+import pytest, torch, torch.nn as nn
+from diffusionblocks.errors import ConfigError
+
+
+@pytest.fixture(scope='module')
+def data_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp('data'); old = os.environ.get('DIFFUSIONBLOCKS_DATA'); os.environ['DIFFUSIONBLOCKS_DATA'] = str(d)
+    yield d
+    if old is None: os.environ.pop('DIFFUSIONBLOCKS_DATA', None)
+    else: os.environ['DIFFUSIONBLOCKS_DATA'] = old
+
+
+def tiny(name, seed=0, std=0.1):
+    "A tiny diffusers transformer of each supported class, randomly initialised with gates away from zero."
+    d = pytest.importorskip('diffusers')
+    torch.manual_seed(seed)
+    if name == 'dit': m = d.DiTTransformer2DModel(num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=8, num_layers=6, sample_size=8, patch_size=2, num_embeds_ada_norm=10)
+    elif name == 'sd3': m = d.SD3Transformer2DModel(sample_size=8, patch_size=2, in_channels=4, num_layers=6, attention_head_dim=8, num_attention_heads=2, joint_attention_dim=16, caption_projection_dim=16, pooled_projection_dim=12, out_channels=4, pos_embed_max_size=8)
+    else: m = d.FluxTransformer2DModel(patch_size=1, in_channels=8, num_layers=3, num_single_layers=3, attention_head_dim=8, num_attention_heads=2, joint_attention_dim=16, pooled_projection_dim=12, guidance_embeds=True, axes_dims_rope=(2, 2, 4))
+    if std:
+        for p in m.parameters(): nn.init.normal_(p, std=std)
+    return m.eval()
+
+
+def inputs(name, n=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    ctx, pooled = torch.randn(n, 5, 16, generator=g), torch.randn(n, 12, generator=g)
+    if name == 'dit': return torch.randn(n, 4, 8, 8, generator=g), dict(class_labels=torch.arange(n) + 1), dict(labels=torch.arange(n) + 1)
+    if name == 'sd3': return torch.randn(n, 4, 8, 8, generator=g), dict(encoder_hidden_states=ctx, pooled_projections=pooled), dict(encoder_hidden_states=ctx, pooled_projections=pooled)
+    from diffusionblocks.convert import flux_image_ids
+    ids = flux_image_ids(4, 4)
+    return (torch.randn(n, 16, 8, generator=g), dict(encoder_hidden_states=ctx, pooled_projections=pooled, img_ids=ids, txt_ids=torch.zeros(5, 3), guidance=torch.full((n,), 3.5)),
+            dict(encoder_hidden_states=ctx, pooled_projections=pooled, img_ids=ids, guidance=3.5))
+
+
+# ------------------------------------------------------------------ diffusers: wrapping, routing, the pipeline-compatible forward
+@pytest.mark.parametrize('name', ['dit', 'sd3', 'flux'])
+def test_wrapped_equals_diffusers_and_blocks_are_their_groups(name):
+    "B = 1: the wrapped model is the diffusers forward; B = 3 through RoutedTransformer: each block is exactly its layer group."
+    from diffusionblocks.convert import wrap_diffusers, RoutedTransformer
+    x, kw, cond = inputs(name)
+    t_diff = {'dit': torch.tensor([999., 500., 3.]), 'sd3': torch.tensor([900., 500., 100.]), 'flux': torch.tensor([0.9, 0.5, 0.1])}[name]
+    ref = tiny(name)(x, timestep=t_diff, return_dict=False, **kw)[0]
+    if name == 'dit': ref = ref[:, :4]
+    with torch.no_grad():
+        one = RoutedTransformer(wrap_diffusers(tiny(name), 1).eval(), dict(tiny(name).config))
+        out = one(x, timestep=t_diff, return_dict=False, **kw)[0]
+        torch.testing.assert_close(out[:, :4] if name == 'dit' else out, ref, atol=1e-5, rtol=1e-5)
+        # B = 3: the three timesteps fall in blocks 0, 1, 2 (nominal ranges); a model whose other blocks' layers are NaN gives
+        # the same output for each sample, so a step calls its own block's layers only
+        three = wrap_diffusers(tiny(name), 3).eval()
+        routed = RoutedTransformer(three, dict(tiny(name).config))
+        before = routed(x, timestep=t_diff, return_dict=False, **kw)[0]
+        assert three.partition.block_of(routed.level(t_diff, 3, x.device)).tolist() == [0, 1, 2]
+        for k in range(3):
+            poisoned = wrap_diffusers(tiny(name), 3).eval()
+            for j, blk in enumerate(poisoned.blocks):
+                if j != k:
+                    for p in blk.layers.parameters(): p.fill_(float('nan'))
+            o = RoutedTransformer(poisoned, dict(tiny(name).config))(x[k:k + 1], timestep=t_diff[k:k + 1], return_dict=False, **_row(kw, k))[0]
+            torch.testing.assert_close(o, before[k:k + 1])
+        assert not torch.allclose(before, out)                                # the cut changes the function (the pretrained mismatch)
+
+
+def _row(kw, k):
+    return {n: v[k:k + 1] if torch.is_tensor(v) and v.ndim and v.shape[0] == 3 and n != 'img_ids' else v for n, v in kw.items()}
+
+
+def test_sampling_routes_each_step_to_one_block_by_nominal_t():
+    "Euler on the equal-mass grid of a converted SD3 (B = 3): each step calls the layers of one block, the one block_of(t) names."
+    from diffusionblocks.convert import wrap_diffusers, sample_converted
+    m = wrap_diffusers(tiny('sd3'), 3).eval()
+    x, _, cond = inputs('sd3', n=2)
+    seen = []
+    hooks = [l.register_forward_hook(lambda mod, a, o, k=k: seen.append(k)) for k, b in enumerate(m.blocks) for l in b.layers]
+    out = sample_converted(m, torch.randn_like(x), 6, **cond)
+    for h in hooks: h.remove()
+    assert torch.isfinite(out).all()
+    per_step = [seen[i:i + 2] for i in range(0, len(seen), 2)]
+    assert all(len(set(s)) == 1 for s in per_step) and [s[0] for s in per_step] == [0, 0, 1, 1, 2, 2]
+    grid = m.sigmas(6)[:-1]
+    assert [s[0] for s in per_step] == m.partition.block_of(grid).tolist()
+    b = m.partition.boundaries[1]
+    assert m.partition.block_of(torch.tensor([b, b + 1e-3, b - 1e-3])).tolist() == [1, 0, 1]   # on a boundary: the lower-noise block
+
+
+def test_unet_refused_in_one_line():
+    d = pytest.importorskip('diffusers')
+    from diffusionblocks.convert import wrap_diffusers
+    unet = d.UNet2DModel(block_out_channels=(8, 16), down_block_types=('DownBlock2D', 'DownBlock2D'), up_block_types=('UpBlock2D', 'UpBlock2D'), norm_num_groups=8, sample_size=8, layers_per_block=1)
+    with pytest.raises(ConfigError, match='cannot convert UNet2DModel: its down and up blocks are joined by skip connections'):
+        wrap_diffusers(unet, 2)
+
+
+# ------------------------------------------------------------------ the run system: convert -> train --resume -> sample
+def _convert_and_finetune(tmp_path, name, **kw):
+    import diffusionblocks.jobs.core as jc
+    from diffusionblocks.jobs.convert import convert
+    src = tmp_path / f'{name}-src'; tiny(name, std=0.02).save_pretrained(str(src))
+    r = convert(str(src), str(tmp_path / f'{name}-run'), iterations=4, **kw)
+    before, job, _ = jc.load_run(r['run_dir'])
+    m = jc.resume_run(r['run_dir'], progress=False, eval_settings=dict(n_eval=8, sample_steps=3))
+    after, *_ = jc.load_run(r['run_dir'])
+    return r, job, m, before, after
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('name', ['sd3', 'dit', 'flux'])
+def test_convert_diffusers_finetune_and_sample(tmp_path, data_dir, name):
+    r, job, m, before, after = _convert_and_finetune(tmp_path, name, blocks=3)
+    assert (job.task, job.blocks, job.model['cls']) == ('converted', 3, type(tiny(name)).__name__)
+    assert m['steps_per_block'] == [4, 4, 4] and all(torch.isfinite(torch.tensor(m['eval_loss_per_block'])))
+    assert Path(m['samples']).exists() and abs(m['sample_std']) > 0
+    for k in range(3):                                                       # every block moved, its adapter too (per-block copies)
+        a, b = dict(before.blocks[k].named_parameters()), dict(after.blocks[k].named_parameters())
+        assert any(not torch.equal(a[n], b[n]) for n in a if '.layers.' not in f'.{n}')
+        assert any(not torch.equal(a[n], b[n]) for n in a if n.startswith('layers.'))
+
+
+@pytest.mark.slow
+def test_convert_diffusers_frozen_distill(tmp_path, data_dir):
+    "shared='frozen' + distillation from the full model (kept in RUN/source): the shared adapter does not move."
+    r, job, m, before, after = _convert_and_finetune(tmp_path, 'sd3', layers_per_block=2, shared='frozen', distill=True)
+    assert (job.method, job.blocks) == ('distill', 3) and (Path(r['run_dir']) / 'source' / 'config.json').exists()
+    sa, sb = before.blocks[0].adapter.state_dict(), after.blocks[0].adapter.state_dict()
+    assert all(torch.equal(sa[n], sb[n]) for n in sa)
+    assert after.process.describe()['type'] == 'Distill'
+
+
+@pytest.mark.slow
+def test_convert_own_run_resume_sequential(tmp_path, data_dir):
+    "A digits DiT run (end to end) → B = 3 with the sequential schedule; the pretrained layers are in the iteration-0 checkpoint."
+    import diffusionblocks.jobs.core as jc
+    from diffusionblocks.jobs.convert import convert
+    from diffusionblocks.checkpoint import RunDir
+    jc.run_job(jc.make_job('digits', baseline=True, iterations=3), out=tmp_path / 'e2e', progress=False, evaluate=False)
+    convert(tmp_path / 'e2e', tmp_path / 'b3', blocks=3, iterations=3, schedule='sequential')
+    src, *_ = jc.load_run(tmp_path / 'e2e'); cv, job, _ = jc.load_run(tmp_path / 'b3')
+    la, lb = [l for b in src.blocks for l in b.layers], [l for b in cv.blocks for l in b.layers]
+    assert all(torch.equal(x, y) for a, b in zip(la, lb, strict=True) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    m = jc.resume_run(tmp_path / 'b3', progress=False, evaluate=False)
+    assert m['steps_per_block'] == [3, 3, 3]
+    assert [r['block'] for r in RunDir(tmp_path / 'b3').metrics()] == sorted(r['block'] for r in RunDir(tmp_path / 'b3').metrics())
+    with pytest.raises(ConfigError, match='already holds a run'): convert(tmp_path / 'e2e', tmp_path / 'b3', blocks=3)
+    # the per-block LoRA hook: only the low-rank adapters move when the converted run fine-tunes
+    convert(tmp_path / 'e2e', tmp_path / 'lora', blocks=3, iterations=2, lora=dict(rank=2))
+    a, *_ = jc.load_run(tmp_path / 'lora'); jc.resume_run(tmp_path / 'lora', progress=False, evaluate=False); b, *_ = jc.load_run(tmp_path / 'lora')
+    moved = [n for (n, x), y in zip(a.state_dict().items(), b.state_dict().values()) if not torch.equal(x, y)]
+    assert moved and all('lora_' in n for n in moved)
+
+
+def test_cli_register(tmp_path):
+    import argparse
+    from diffusionblocks.jobs.convert import register
+    p = argparse.ArgumentParser(); sub = p.add_subparsers(dest='command'); register(sub)
+    a = p.parse_args(['convert', 'x/y', '--blocks', '3', '--shared', 'frozen', '--distill', '--out', str(tmp_path / 'r')])
+    assert (a.source, a.blocks, a.shared, a.distill) == ('x/y', 3, 'frozen', True)
+
+
+# ------------------------------------------------------------------ residency: only the active block in process memory
+LIMIT_SCRIPT = textwrap.dedent('''
+    import json, re, resource, sys, torch
+    from diffusionblocks.dit import dit_blocks, DiTConfig
+    from diffusionblocks.train import Trainer, TrainConfig
+    from diffusionblocks.convert import MappedStore, bind_checkpoint, empty_weights
+    mode, run, budget = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    data = (torch.randn(16, 1, 8, 8), torch.randint(0, 10, (16,)))
+    with empty_weights(): m = dit_blocks(DiTConfig(6, 512, 8, 2), 8, 1, 10, blocks=6)
+    vm = lambda: int(re.search(r'VmData:\\s+(\\d+)', open('/proc/self/status').read()).group(1)) * 1024
+    resource.setrlimit(resource.RLIMIT_DATA, (vm() + budget, resource.RLIM_INFINITY))
+    try:
+        store = MappedStore('cpu')
+        bind_checkpoint(m, run, store)
+        if mode == 'all':
+            for p in m.parameters(): p.data = p.data.clone()            # materialise every block in process memory
+        cfg = TrainConfig(iterations=3, batch_size=4, progress=False, residency='active' if mode == 'active' else 'all')
+        Trainer(m, cfg, data, device='cpu', **({'offload': store} if mode == 'active' else {})).fit()
+        print(json.dumps({'ok': True}))
+    except (RuntimeError, MemoryError) as e: print(json.dumps({'ok': False, 'error': str(e)[:80]}))
+''')
+
+
+@pytest.mark.slow
+def test_mapped_store_trains_a_model_larger_than_the_memory_limit(tmp_path):
+    "RLIMIT_DATA counts anonymous memory, not shared file maps: whole-model training fails where active-block training fits."
+    from diffusionblocks.dit import dit_blocks, DiTConfig
+    from diffusionblocks.train import Trainer, TrainConfig
+    torch.manual_seed(0)
+    m = dit_blocks(DiTConfig(6, 512, 8, 2), 8, 1, 10, blocks=6)
+    Trainer(m, TrainConfig(iterations=1, progress=False), run_dir=tmp_path / 'run', device='cpu').save()
+    n = sum(p.numel() for p in m.parameters()) * 4                            # bytes of the weights (fp32)
+    script = tmp_path / 'limit.py'; script.write_text(LIMIT_SCRIPT)
+    res = {mode: json.loads(subprocess.run([sys.executable, str(script), mode, str(tmp_path / 'run'), str(n)], capture_output=True, text=True,
+                                           env={**os.environ, 'OMP_NUM_THREADS': '1', 'MALLOC_MMAP_THRESHOLD_': '65536'}).stdout.strip().splitlines()[-1]) for mode in ('all', 'active')}
+    assert res['active']['ok'] and not res['all']['ok'], res

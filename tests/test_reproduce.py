@@ -1,0 +1,81 @@
+"`diffusionblocks reproduce`: the table registry, the paper-vs-ours arithmetic on recorded metrics, reuse of finished arms, the command's one-line errors; the CPU reproductions themselves behind `slow`."
+import json, math, argparse
+from pathlib import Path
+import pytest
+from diffusionblocks.errors import ConfigError
+from diffusionblocks.jobs.reproduce import TABLES, SCALES, table_arms, write_table, reproduce, register, run_cli, get_table, gap_arms
+
+
+def test_every_row_of_every_table_has_its_arm_at_every_scale():
+    assert set(TABLES) >= {'1', '2', '6', '7', '10'}
+    for k, t in TABLES.items():
+        for s in SCALES:
+            arms = table_arms(k, s)
+            assert all(r.arm is None or r.arm in arms for r in t.rows), (k, s)
+            assert t.reference in [r.label for r in t.rows]
+    assert {j.blocks for j in table_arms('10', 'paper').values()} == {1, 2, 3, 4, 6}
+    assert all(j.overlap == 0 for a, j in table_arms('7', 'cpu').items() if a != 'e2e')
+
+
+def _fake_run(d, metrics):
+    d.mkdir(parents=True); (d / 'config.json').write_text('{}'); (d / 'metrics.json').write_text(json.dumps(metrics))
+
+
+def test_table_from_recorded_metrics(tmp_path):
+    "Paper vs ours, deltas against the end-to-end row and the spread over seeds, from hand-written metrics.json files."
+    t = get_table('2')
+    jobs = table_arms('2', 'cpu')
+    for seed, (e2e, db) in enumerate([(10., 8.), (12., 7.)]):
+        _fake_run(tmp_path / f'e2e-s{seed}', dict(fid_local=e2e, hardware='cpu test', iterations=300))
+        _fake_run(tmp_path / f'dblocks-s{seed}', dict(fid_local=db, hardware='cpu test', iterations=900))
+    res = write_table(t, 'cpu', 2, tmp_path, jobs, 'diffusionblocks reproduce 2 --scale cpu --seeds 2 --out X')
+    e, d = res['rows']
+    assert (e['paper'], d['paper']) == (39.83, 37.20)
+    assert d['ours'] == pytest.approx(7.5) and d['spread']['std'] == pytest.approx(math.sqrt(0.5)) and (d['spread']['min'], d['spread']['max'], d['spread']['n']) == (7., 8., 2)
+    assert d['delta_paper'] == pytest.approx(37.20 - 39.83) and d['delta_ours'] == pytest.approx(7.5 - 11.)
+    assert e['delta_ours'] == 0 and res['hardware'] == ['cpu test'] and res['arms']['dblocks']['finished'] == 2
+    assert res['arms']['e2e']['command'].endswith('--arm e2e')
+    md = (tmp_path / 'table.md').read_text()
+    assert '| + DiffusionBlocks (B = 3) | 37.20 | 7.50 |' in md and (tmp_path / 'table.png').stat().st_size > 1000
+    assert json.loads((tmp_path / 'table.json').read_text())['rows'][1]['values'] == [8., 7.]
+
+
+def test_finished_arms_are_reused_not_retrained(tmp_path):
+    "A table whose arms all have metrics.json trains nothing (the fake runs have no checkpoint to train from)."
+    for a in table_arms('1', 'cpu'):
+        _fake_run(tmp_path / f'{a}-s0', dict(accuracy=0.5, hardware='h', iterations=1))
+    res = reproduce('1', out=tmp_path, device='cpu')
+    assert [r['ours'] for r in res['rows']] == [50., 50., 50.]
+
+
+def test_missing_arms_leave_ours_empty(tmp_path):
+    res = write_table(get_table('6'), 'cpu', 1, tmp_path, table_arms('6', 'cpu'), 'cmd')
+    assert all(r['ours'] is None and r['delta_ours'] is None for r in res['rows'])
+    assert [r['arm'] for r in res['rows']].count(None) == 2            # NoProp-CT and -FM are not in the library
+
+
+@pytest.mark.parametrize('argv, msg', [(['reproduce', '4'], "no table '4'"), (['reproduce', '1', '--scale', 'tpu'], '--scale must be one of'),
+                                       (['reproduce', '1', '--seeds', '0'], '--seeds must be in'), (['reproduce', '1', '--seeds', 'two'], '--seeds must be an integer'),
+                                       (['reproduce', '1', '--arm', 'sgd', '--out', 'OUT'], "no arm 'sgd'")])
+def test_command_errors_are_one_line(argv, msg, tmp_path):
+    ap = argparse.ArgumentParser(); register(ap.add_subparsers(dest='cmd'))
+    a = ap.parse_args([str(tmp_path) if v == 'OUT' else v for v in argv])
+    with pytest.raises(ConfigError, match=msg) as e: run_cli(a)
+    assert '\n' not in str(e.value)
+
+
+def test_gap_arms_are_equal_budget_and_differ_only_in_the_option():
+    arms = gap_arms('digits', 'cpu', multiple=3)
+    e, f, i = arms['e2e'], arms['faithful'], arms['improved']
+    assert e.iterations == f.iterations == i.iterations == 300 and (f.profile, i.profile) == ("released", "paper")
+    assert {k: v for k, v in i.options.items() if k != "share_adapter"} == {k: v for k, v in f.options.items() if k != "share_adapter"}
+    assert (f.options["share_adapter"], i.options["share_adapter"]) == (True, False)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('table', ['2', '6', '7', '10'])
+def test_cpu_reproduction_runs_at_a_tiny_budget(table, tmp_path, monkeypatch):
+    monkeypatch.setenv('DIFFUSIONBLOCKS_DATA', str(tmp_path / 'cache'))
+    over = dict(iterations=3, eval=dict(n_eval=40, feature_iterations=5, sample_steps=4)) if table in ('2', '7', '10') else dict(iterations=3, options=dict(limit=200, test_limit=50))
+    res = reproduce(table, out=tmp_path / 'out', overrides=over, device='cpu')
+    assert all((r['ours'] is not None) == (r['arm'] is not None) for r in res['rows'])
