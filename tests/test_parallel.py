@@ -72,6 +72,7 @@ def test_data_parallel_group_equals_single_process_with_the_global_batch(tmp_pat
     assert not all(torch.equal(p, q) for p, q in zip(make(spec)[0].parameters(), got.parameters()))   # it trained
 
 
+@pytest.mark.slow
 def test_shared_parameters_stay_in_lockstep(tmp_path):
     "A trained shared adapter, K = 2, B = 3: the shared all-reduce keeps the ranks' copies identical; the job completes."
     spec = dict(run=str(tmp_path / 'run'), iterations=9, batch_size=16, share_adapter=True)
