@@ -16,9 +16,9 @@ from torch.utils._pytree import tree_flatten
 from torch.multiprocessing.reductions import StorageWeakRef
 from safetensors.torch import save_file, load_file
 from .errors import ConfigError
-from .dit import dit_blocks, DIT_MODELS, DiTConfig, sample_images
-from .mdm import mdm_blocks, mdm_config, sample_tokens
-from .ar import ar_blocks, ar_config, CausalLM, NextTokenLM, decode_blocks
+from .tasks.image_generation.dit import dit_blocks, DIT_MODELS, DiTConfig, sample_images
+from .tasks.masked_lm.mdm import mdm_blocks, mdm_config, sample_tokens
+from .tasks.autoregressive_lm.ar import ar_blocks, ar_config, CausalLM, NextTokenLM, decode_blocks
 from .train import Trainer, TrainConfig, OffloadStore
 
 # %% ../nbs/13_bench.ipynb #c1de2e21
@@ -315,7 +315,7 @@ def register(sub):
 _THREAD_WORKER = """
 import json, sys, time, torch
 spec = json.loads(sys.argv[1])
-from diffusionblocks.dit import dit_blocks, DiTConfig
+from diffusionblocks.tasks.image_generation.dit import dit_blocks, DiTConfig
 from diffusionblocks.data import load_images
 from diffusionblocks.train import Trainer, TrainConfig, DEFAULT_THREADS
 ds = load_images('digits')

@@ -13,9 +13,9 @@ PY=${PYTHON:-python}; [ -x .venv/bin/python ] && PY=.venv/bin/python
 "$PY" - "$OUT/convert/memory.json" <<'PYEOF'
 import gc, json, os, sys, time, platform
 import torch
-from diffusionblocks.dit import dit_blocks, DiTConfig
+from diffusionblocks.tasks.image_generation.dit import dit_blocks, DiTConfig
 from diffusionblocks.train import Trainer, TrainConfig
-from diffusionblocks.convert import wrap_diffusers
+from diffusionblocks.tasks.converted.convert import wrap_diffusers
 smoke = os.environ.get('SMOKE') == '1'
 dev = 'cpu' if smoke or not torch.cuda.is_available() else 'cuda'
 t0 = time.time()

@@ -1,7 +1,7 @@
 "Cross-module tests of the autoregressive DiffusionBlocks LM: the 2L mask against a brute force, causality, gradient isolation, KV-cached decoding, exact resume, and the measured memory cost of the 2L sequence."
 import gc, math
 import pytest, torch, torch.nn as nn
-from diffusionblocks.ar import (ar_blocks, brute_force_denoise, decode_blocks, CausalLM, NextTokenLM, sample_next_token,
+from diffusionblocks.tasks.autoregressive_lm.ar import (ar_blocks, brute_force_denoise, decode_blocks, CausalLM, NextTokenLM, sample_next_token,
                                 block_causal_mask, two_stream_mask)
 from diffusionblocks.bench import LiveTensorBytes
 from diffusionblocks.checkpoint import load_weights
@@ -102,7 +102,7 @@ def test_baseline_cache_and_top_p():
     torch.testing.assert_close(sample_next_token(lm, p, 7, generator=g()), sample_next_token(lm, p, 7, generator=g(), use_cache=False))
     greedy = sample_next_token(lm, p, 3, top_p=0)
     assert torch.equal(greedy[:, 4], lm(p)[:, -1].argmax(-1))
-    from diffusionblocks.ar import top_p_sample
+    from diffusionblocks.tasks.autoregressive_lm.ar import top_p_sample
     logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]])).expand(2000, -1)
     draws = top_p_sample(logits, 0.7, generator=torch.Generator().manual_seed(0))
     assert set(draws.tolist()) == {0, 1}                                   # 0.5 + 0.3 reaches 0.7: tokens 2, 3 never drawn

@@ -32,7 +32,7 @@ def inputs(name, n=3, seed=0):
     ctx, pooled = torch.randn(n, 5, 16, generator=g), torch.randn(n, 12, generator=g)
     if name == 'dit': return torch.randn(n, 4, 8, 8, generator=g), dict(class_labels=torch.arange(n) + 1), dict(labels=torch.arange(n) + 1)
     if name == 'sd3': return torch.randn(n, 4, 8, 8, generator=g), dict(encoder_hidden_states=ctx, pooled_projections=pooled), dict(encoder_hidden_states=ctx, pooled_projections=pooled)
-    from diffusionblocks.convert import flux_image_ids
+    from diffusionblocks.tasks.converted.convert import flux_image_ids
     ids = flux_image_ids(4, 4)
     return (torch.randn(n, 16, 8, generator=g), dict(encoder_hidden_states=ctx, pooled_projections=pooled, img_ids=ids, txt_ids=torch.zeros(5, 3), guidance=torch.full((n,), 3.5)),
             dict(encoder_hidden_states=ctx, pooled_projections=pooled, img_ids=ids, guidance=3.5))
@@ -42,7 +42,7 @@ def inputs(name, n=3, seed=0):
 @pytest.mark.parametrize('name', ['dit', 'sd3', 'flux'])
 def test_wrapped_equals_diffusers_and_blocks_are_their_groups(name):
     "B = 1: the wrapped model is the diffusers forward; B = 3 through RoutedTransformer: each block is exactly its layer group."
-    from diffusionblocks.convert import wrap_diffusers, RoutedTransformer
+    from diffusionblocks.tasks.converted.convert import wrap_diffusers, RoutedTransformer
     x, kw, cond = inputs(name)
     t_diff = {'dit': torch.tensor([999., 500., 3.]), 'sd3': torch.tensor([900., 500., 100.]), 'flux': torch.tensor([0.9, 0.5, 0.1])}[name]
     ref = tiny(name)(x, timestep=t_diff, return_dict=False, **kw)[0]
@@ -73,7 +73,7 @@ def _row(kw, k):
 
 def test_sampling_routes_each_step_to_one_block_by_nominal_t():
     "Euler on the equal-mass grid of a converted SD3 (B = 3): each step calls the layers of one block, the one block_of(t) names."
-    from diffusionblocks.convert import wrap_diffusers, sample_converted
+    from diffusionblocks.tasks.converted.convert import wrap_diffusers, sample_converted
     m = wrap_diffusers(tiny('sd3'), 3).eval()
     x, _, cond = inputs('sd3', n=2)
     seen = []
@@ -91,7 +91,7 @@ def test_sampling_routes_each_step_to_one_block_by_nominal_t():
 
 def test_unet_refused_in_one_line():
     d = pytest.importorskip('diffusers')
-    from diffusionblocks.convert import wrap_diffusers
+    from diffusionblocks.tasks.converted.convert import wrap_diffusers
     unet = d.UNet2DModel(block_out_channels=(8, 16), down_block_types=('DownBlock2D', 'DownBlock2D'), up_block_types=('UpBlock2D', 'UpBlock2D'), norm_num_groups=8, sample_size=8, layers_per_block=1)
     with pytest.raises(ConfigError, match='cannot convert UNet2DModel: its down and up blocks are joined by skip connections'):
         wrap_diffusers(unet, 2)
@@ -100,7 +100,7 @@ def test_unet_refused_in_one_line():
 # ------------------------------------------------------------------ the run system: convert -> train --resume -> sample
 def _convert_and_finetune(tmp_path, name, **kw):
     import diffusionblocks.jobs.core as jc
-    from diffusionblocks.jobs.convert import convert
+    from diffusionblocks.tasks.converted.task import convert
     src = tmp_path / f'{name}-src'; tiny(name, std=0.02).save_pretrained(str(src))
     r = convert(str(src), str(tmp_path / f'{name}-run'), iterations=4, **kw)
     before, job, _ = jc.load_run(r['run_dir'])
@@ -136,7 +136,7 @@ def test_convert_diffusers_frozen_distill(tmp_path, data_dir):
 def test_convert_own_run_resume_sequential(tmp_path, data_dir):
     "A digits DiT run (end to end) → B = 3 with the sequential schedule; the pretrained layers are in the iteration-0 checkpoint."
     import diffusionblocks.jobs.core as jc
-    from diffusionblocks.jobs.convert import convert
+    from diffusionblocks.tasks.converted.task import convert
     from diffusionblocks.checkpoint import RunDir
     jc.run_job(jc.make_job('digits', baseline=True, iterations=3), out=tmp_path / 'e2e', progress=False, evaluate=False)
     convert(tmp_path / 'e2e', tmp_path / 'b3', blocks=3, iterations=3, schedule='sequential')
@@ -156,7 +156,7 @@ def test_convert_own_run_resume_sequential(tmp_path, data_dir):
 
 def test_cli_register(tmp_path):
     import argparse
-    from diffusionblocks.jobs.convert import register
+    from diffusionblocks.tasks.converted.task import register
     p = argparse.ArgumentParser(); sub = p.add_subparsers(dest='command'); register(sub)
     a = p.parse_args(['convert', 'x/y', '--blocks', '3', '--shared', 'frozen', '--distill', '--out', str(tmp_path / 'r')])
     assert (a.source, a.blocks, a.shared, a.distill) == ('x/y', 3, 'frozen', True)
@@ -165,9 +165,9 @@ def test_cli_register(tmp_path):
 # ------------------------------------------------------------------ residency: only the active block in process memory
 LIMIT_SCRIPT = textwrap.dedent('''
     import json, re, resource, sys, torch
-    from diffusionblocks.dit import dit_blocks, DiTConfig
+    from diffusionblocks.tasks.image_generation.dit import dit_blocks, DiTConfig
     from diffusionblocks.train import Trainer, TrainConfig
-    from diffusionblocks.convert import MappedStore, bind_checkpoint, empty_weights
+    from diffusionblocks.tasks.converted.convert import MappedStore, bind_checkpoint, empty_weights
     mode, run, budget = sys.argv[1], sys.argv[2], int(sys.argv[3])
     data = (torch.randn(16, 1, 8, 8), torch.randint(0, 10, (16,)))
     with empty_weights(): m = dit_blocks(DiTConfig(6, 512, 8, 2), 8, 1, 10, blocks=6)
@@ -188,7 +188,7 @@ LIMIT_SCRIPT = textwrap.dedent('''
 @pytest.mark.slow
 def test_mapped_store_trains_a_model_larger_than_the_memory_limit(tmp_path):
     "RLIMIT_DATA counts anonymous memory, not shared file maps: whole-model training fails where active-block training fits."
-    from diffusionblocks.dit import dit_blocks, DiTConfig
+    from diffusionblocks.tasks.image_generation.dit import dit_blocks, DiTConfig
     from diffusionblocks.train import Trainer, TrainConfig
     torch.manual_seed(0)
     m = dit_blocks(DiTConfig(6, 512, 8, 2), 8, 1, 10, blocks=6)

@@ -3,7 +3,7 @@ import math
 import pytest, torch, torch.nn as nn
 from diffusionblocks.data import TextSequences
 from diffusionblocks.errors import ConfigError
-from diffusionblocks.huginn import (HuginnLM, HuginnTrainer, huginn_blocks, batch_next_token, decode_recurrent, sample_depth,
+from diffusionblocks.tasks.recurrent_lm.huginn import (HuginnLM, HuginnTrainer, huginn_blocks, batch_next_token, decode_recurrent, sample_depth,
                                     step_flops, train_flops)
 from diffusionblocks.train import TrainConfig, Trainer
 

@@ -4,7 +4,7 @@ import pytest, torch
 from diffusionblocks.checkpoint import load_weights
 from diffusionblocks.data import CharVocab, TEXT8_CHARS, TextSequences
 from diffusionblocks.errors import ConfigError
-from diffusionblocks.mdm import UnigramDenoiser, elbo_bpc, mdm_blocks, sample_tokens
+from diffusionblocks.tasks.masked_lm.mdm import UnigramDenoiser, elbo_bpc, mdm_blocks, sample_tokens
 from diffusionblocks.partition import MaskPartition
 from diffusionblocks.train import TrainConfig, Trainer
 

@@ -2,7 +2,7 @@
 import json, math
 import pytest, torch
 from diffusionblocks.errors import ConfigError
-from diffusionblocks.pdiff import (SmallCNN, ResNetSmall, norm_subset, subset_shapes, get_subset, set_subset, Standardizer,
+from diffusionblocks.tasks.parameter_diffusion.pdiff import (SmallCNN, ResNetSmall, norm_subset, subset_shapes, get_subset, set_subset, Standardizer,
                                    train_classifier, collect_checkpoints, evaluate_params, wrong_iou, novelty,
                                    noise_controls, average_controls, gaussian_controls, weight_average, accuracy_novelty_plot)
 

@@ -2,7 +2,7 @@
 import math
 import pytest, torch, torch.nn as nn, torch.nn.functional as F
 from diffusionblocks.errors import ConfigError, DataError
-from diffusionblocks.pdiff_models import (ParamAutoencoder, train_autoencoder, ddpm_schedule, EpsUNet1d, DDPM, ddpm_sample,
+from diffusionblocks.tasks.parameter_diffusion.models import (ParamAutoencoder, train_autoencoder, ddpm_schedule, EpsUNet1d, DDPM, ddpm_sample,
                                           latent_blocks, edm_sample)
 from diffusionblocks.train import TrainConfig, Trainer
 

@@ -1,8 +1,8 @@
 "The p-diff pipeline on real checkpoints: the autoencoder reconstructs held-out checkpoints far below their spread, and a generated vector written into the frozen classifier is what the classifier then holds."
 import torch
 from diffusionblocks.data import load_images
-from diffusionblocks.pdiff import SmallCNN, norm_subset, subset_shapes, get_subset, set_subset, Standardizer, train_classifier, collect_checkpoints
-from diffusionblocks.pdiff_models import ParamAutoencoder, train_autoencoder
+from diffusionblocks.tasks.parameter_diffusion.pdiff import SmallCNN, norm_subset, subset_shapes, get_subset, set_subset, Standardizer, train_classifier, collect_checkpoints
+from diffusionblocks.tasks.parameter_diffusion.models import ParamAutoencoder, train_autoencoder
 
 torch.set_num_threads(1)
 

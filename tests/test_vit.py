@@ -2,8 +2,8 @@
 import json
 from pathlib import Path
 import pytest, torch
-from diffusionblocks.vit import ViTConfig, ViT, vit_blocks, classify, evaluate_classifier, Supervised
-from diffusionblocks.baselines import ContrastiveFF, NoPropDT, BackpropCNN, cnn_blocks
+from diffusionblocks.tasks.classification.vit import ViTConfig, ViT, vit_blocks, classify, evaluate_classifier, Supervised
+from diffusionblocks.tasks.classification.baselines import ContrastiveFF, NoPropDT, BackpropCNN, cnn_blocks
 from diffusionblocks.train import Trainer, TrainConfig
 from diffusionblocks.checkpoint import CheckpointError, load_weights
 from diffusionblocks.noise import equal_mass_sigmas

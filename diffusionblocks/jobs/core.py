@@ -19,7 +19,7 @@ from ..partition import SCHEMES
 from ..train import Trainer, TrainConfig, scale_budget, default_device, SCHEDULES, LR_SCHEDULES
 from ..checkpoint import RunDir, load_weights, atomic_write
 from .. import parallel as _parallel
-from ..profiles import PROFILES as _PROFILES, get_profile
+from ..tasks.classification.profiles import PROFILES as _PROFILES, get_profile
 
 # %% ../../nbs/20_jobs.ipynb #487491a1
 TASKS = ('image-generation', 'classification', 'masked-lm', 'autoregressive-lm', 'recurrent-lm', 'parameter-diffusion', 'converted')

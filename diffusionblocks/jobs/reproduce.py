@@ -318,7 +318,7 @@ def gap_measure(run_dir, device=None, cache:dict=None) -> dict:
     "Block 0's image-only accuracy at GAP_SIGMAS on the test split of a finished DiffusionBlocks run (`cache`: data shared across runs)."
     from diffusionblocks.jobs.core import read_run, get_task, build_model
     from diffusionblocks.checkpoint import load_weights
-    from diffusionblocks.vit import block_accuracy
+    from diffusionblocks.tasks.classification.vit import block_accuracy
     job, cache = read_run(run_dir), ({} if cache is None else cache)
     key = (job.task, job.data, job.options.get('limit'), job.options.get('test_limit'), job.options.get('image_size'), job.seed)   # what the data depends on
     if key not in cache: cache[key] = get_task(job.task).load_data(job)
