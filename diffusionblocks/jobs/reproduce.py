@@ -60,9 +60,9 @@ def table_arms(key, scale:str='cpu') -> dict:
     load_tasks()
     return t.arms(scale)
 
-# %% ../../nbs/33_reproduce.ipynb #91c8f2e6
-_VIT_CPU = dict(iterations=300, profile='released', options=dict(share_adapter=True))
-_VIT_GPU = dict(iterations=2000, options=dict(augment=dict(flip=True, crop_padding=4, randaugment=False)))
+# %% ../../nbs/33_reproduce.ipynb #781ed16a
+_VIT_CPU = dict(baseline_iterations=300, options=dict(profile='released', share_adapter=True))
+_VIT_GPU = dict(baseline_iterations=2000, options=dict(flip=True, crop_padding=4, randaugment=False))
 
 def _vit_arms(methods:dict, scale:str, paper:dict=None) -> dict:
     "{arm: Job} for classification methods {arm: method} at a scale."
@@ -86,15 +86,15 @@ register_table('6', 'Comparison with NoProp on CIFAR-100 (Sec. 5.6.1)',
                notes={'cpu': 'embedded 8x8 digits, NoProp CNN, T = B = 3, 300 baseline iterations',
                       'gpu-short': 'CIFAR-10 copy, NoProp CNN, 2,000 baseline iterations', 'paper': 'vit-cifar100 CNN arms, 1,000 epochs, 1,000 Euler steps'})
 
-_DIT = {'cpu': ('digits', dict(iterations=300, eval=dict(n_eval=500))),
-        'gpu-short': ('dit-s2-cifar10', dict(iterations=1500, eval=dict(n_eval=5000, feature_iterations=2000))),
+_DIT = {'cpu': ('digits', dict(baseline_iterations=300, options=dict(n_eval=500))),
+        'gpu-short': ('dit-s2-cifar10', dict(baseline_iterations=1500, options=dict(n_eval=5000, feature_iterations=2000))),
         'paper': ('dit-s2-cifar10', {})}
 _HALF = {(4, 4, 4): (2, 2, 2), (3, 6, 3): (1, 4, 1), (6, 4, 2): (3, 2, 1), (2, 4, 6): (1, 2, 3)}
 
 def _dit(scale, baseline=False, ablation=False, **kw):
     "A DiT arm at a scale (the γ = 0 ablations get 200 baseline iterations at cpu scale)."
     preset, base = _DIT[scale]
-    base = {**base, **({'iterations': 200} if scale == 'cpu' and ablation else {})}
+    base = {**base, **({'baseline_iterations': 200} if scale == 'cpu' and ablation else {})}
     return make_job(preset, baseline=baseline, **{**base, **kw})
 
 register_table('2', 'DiT image generation on CIFAR-10 (Sec. 5.2)',
@@ -134,15 +134,15 @@ register_table('10', 'Number of blocks B at γ = 0 (CIFAR-10 DiT-S/2, App. F.2)'
                notes={'cpu': 'embedded 8x8 digits, DiT 6x64 (B = 4: layers [2,2,1,1]), 200 baseline iterations, 500 samples',
                       'gpu-short': 'CIFAR-10 copy, DiT-S/2, 1,500 baseline iterations', 'paper': 'dit-s2-cifar10, γ = 0'})
 
-# %% ../../nbs/33_reproduce.ipynb #d429858b
+# %% ../../nbs/33_reproduce.ipynb #5f70b217
 def _override(job:Job, overrides:dict) -> Job:
-    "The job with `overrides` (Job fields; eval/options dicts merged; an iterations budget replaces an epoch budget)."
+    "The job with `overrides` (Job fields; an options dict merged; a baseline_iterations budget replaces an epoch budget)."
     if not overrides: return job
     d = job.to_dict()
     for k, v in overrides.items():
-        if k in ('eval', 'options'): d[k] = {**d.get(k, {}), **v}
+        if k == 'options': d[k] = {**d.get(k, {}), **v}
         else: d[k] = v
-    if 'iterations' in overrides: d['epochs'] = None
+    if 'baseline_iterations' in overrides: d['epochs'] = None
     return Job.from_dict(d)
 
 def _arm_dir(out, arm, seed) -> Path: return Path(out) / f'{arm}-s{seed}'
@@ -160,7 +160,7 @@ def reproduce(table,                 # a TABLES key ('1', '2', '6', '7', '10')
               out=None,              # output folder (default runs/reproduce-<table>-<scale>)
               device=None,           # default: CUDA when available
               arms=None,             # only these arms (default all); the table is written with what is finished
-              overrides:dict=None,   # Job fields applied to every arm (e.g. iterations=5)
+              overrides:dict=None,   # Job fields applied to every arm (e.g. baseline_iterations=5)
               parallel:int=1,        # fresh arms run as this many processes at a time (`run_jobs`); 1: in this process
               progress:bool=False,
               command:str=None,      # the command line to record (default: the equivalent `diffusionblocks reproduce`)
@@ -179,13 +179,13 @@ def reproduce(table,                 # a TABLES key ('1', '2', '6', '7', '10')
     todo = {f'{a}-s{s}': j.replace(seed=s) for a, j in jobs.items() if arms is None or a in arms for s in range(seeds)}
     fresh = {n: j for n, j in todo.items() if not (out / n).exists() or not any((out / n).iterdir())}
     if parallel > 1 and len(fresh) > 1:
-        run_jobs(fresh, out, parallel=parallel, device=str(dev))
+        run_jobs(fresh, out, processes=parallel, device=str(dev))
     for n, j in todo.items(): run_arm(j, out / n, dev, progress)
     base = f"diffusionblocks reproduce {t.key} --scale {scale} --seeds {seeds} --out {out}" + (f" --device {device}" if device else '')
-    if overrides and set(overrides) == {'iterations'}: base += f" --iterations {overrides['iterations']}"
+    if overrides and set(overrides) == {'baseline_iterations'}: base += f" --baseline-iterations {overrides['baseline_iterations']}"
     return write_table(t, scale, seeds, out, jobs, command or base, overrides)
 
-# %% ../../nbs/33_reproduce.ipynb #c6c2a4ae
+# %% ../../nbs/33_reproduce.ipynb #fd9111af
 def _read(m:dict, key:str):
     for k in key.split('.'): m = m.get(k) if isinstance(m, dict) else None
     return m
@@ -195,7 +195,7 @@ def _spread(v:list) -> dict:
     return dict(mean=statistics.fmean(v), std=statistics.stdev(v) if len(v) > 1 else 0., min=min(v), max=max(v), n=len(v))
 
 def _budget(job:Job, m:dict) -> str:
-    base = f"{job.iterations} iterations" if job.iterations is not None else f"{job.epochs:g} epochs"
+    base = f"{job.baseline_iterations} iterations" if job.baseline_iterations is not None else f"{job.epochs:g} epochs"
     return f"{base} (baseline budget) at batch {job.batch_size}; {m.get('iterations')} optimizer steps" + (f" (B = {job.blocks}, ×{job.blocks})" if job.blockwise else '')
 
 def write_table(t:Table, scale:str, seeds:int, out, jobs:dict, command:str, overrides:dict=None) -> dict:
@@ -256,7 +256,7 @@ def plot_table(res:dict, path) -> Path:
     fig.savefig(path, dpi=80); plt.close(fig)
     return Path(path)
 
-# %% ../../nbs/33_reproduce.ipynb #5da3ae1e
+# %% ../../nbs/33_reproduce.ipynb #9036241e
 def register(sub):
     "Add the `reproduce` subcommand to an argparse subparsers object (the CLI imports this explicitly)."
     p = sub.add_parser('reproduce', help="run a paper table's arms and write paper vs ours (table.json, table.md, table.png)")
@@ -266,7 +266,7 @@ def register(sub):
     p.add_argument('--out', help='output folder (default runs/reproduce-<table>-<scale>)')
     p.add_argument('--device', help='cpu, cuda or cuda:N (default: cuda when available)')
     p.add_argument('--arm', action='append', help='run only this arm (repeatable); the table is written with the finished arms')
-    p.add_argument('--iterations', help="every arm's baseline budget in optimizer steps (a quick check; default the scale's)")
+    p.add_argument('--baseline-iterations', '--iterations', dest='iterations', help="every arm's baseline budget in optimizer steps (a quick check; default the scale's)")
     p.add_argument('--processes', default='1', help='fresh arms run as this many processes at a time (default 1)')
     p.set_defaults(run=run_cli)
 
@@ -280,33 +280,33 @@ def run_cli(a):
     get_table(a.table)
     if a.scale not in SCALES: raise ConfigError(f"--scale must be one of {', '.join(SCALES)}, got {a.scale!r}")
     seeds, parallel = _int('seeds', a.seeds, 1, 100), _int('processes', a.processes, 1, 64)
-    over = None if a.iterations is None else dict(iterations=_int('iterations', a.iterations, 1, 10**9))
+    over = None if a.iterations is None else dict(baseline_iterations=_int('baseline-iterations', a.iterations, 1, 10**9))
     res = reproduce(a.table, a.scale, seeds, a.out, a.device, arms=a.arm, overrides=over, parallel=parallel, progress=False)
     print(table_markdown(res), end='')
     print(f"written: {Path(res['arms'][next(iter(res['arms']))]['run_dirs'][0]).parent / 'table.json'}")
 
-# %% ../../nbs/33_reproduce.ipynb #1195884b
+# %% ../../nbs/33_reproduce.ipynb #642e9314
 GAP_SIGMAS = (2., 5., 16.6, 40., 80.)
 GAP_DATA = {   # name -> (preset, job overrides) at cpu and gpu scale
-    'digits': {'cpu': ('vit-digits', dict(iterations=100)), 'gpu': ('vit-digits', dict(iterations=100))},
-    'cifar10': {'cpu': ('vit-cifar10', dict(iterations=100, model=dict(image_size=32, channels=3, patch=8, hidden=64, depth=6, heads=4, mlp_dim=256, dropout=0.1),
-                                          lr=2e-3, warmup_fraction=1 / 15, options=dict(limit=10_000, test_limit=2_000, augment=dict(flip=True, crop_padding=0, randaugment=False)))),
-                'gpu': ('vit-cifar10', dict(iterations=1500, options=dict(augment=dict(flip=True, crop_padding=4, randaugment=False))))},
+    'digits': {'cpu': ('vit-digits', dict(baseline_iterations=100)), 'gpu': ('vit-digits', dict(baseline_iterations=100))},
+    'cifar10': {'cpu': ('vit-cifar10', dict(baseline_iterations=100, model=dict(image_size=32, channels=3, patch=8, hidden=64, depth=6, heads=4, mlp_dim=256, dropout=0.1),
+                                          lr=2e-3, warmup_fraction=1 / 15, options=dict(limit=10_000, test_limit=2_000, flip=True, crop_padding=0, randaugment=False))),
+                'gpu': ('vit-cifar10', dict(baseline_iterations=1500, options=dict(flip=True, crop_padding=4, randaugment=False)))},
 }
-GAP_IMPROVED = dict(profile='paper', options=dict(share_adapter=False))   # the improved arm: DiT-form AdaLN (the paper's text) and per-block adapters (`17b_vit_gap`)
+GAP_IMPROVED = dict(options=dict(profile='paper', share_adapter=False))   # the improved arm: DiT-form AdaLN (the paper's text) and per-block adapters (`17b_vit_gap`)
 
 def gap_arms(data:str='digits', scale:str='cpu', multiple:int=1, improved:dict=None, overrides:dict=None) -> dict:
     "{'e2e', 'faithful', 'improved'}: Jobs at equal budgets (the scale's baseline iterations × multiple; `overrides` first)."
     if data not in GAP_DATA: raise ConfigError(f"vit_gap data must be one of {', '.join(GAP_DATA)}, got {data!r}")
     preset, kw = GAP_DATA[data]['gpu' if scale != 'cpu' else 'cpu']
     over = dict(overrides or {})
-    kw = {**kw, 'profile': 'released', **{k: v for k, v in over.items() if k not in ('options', 'eval')}}
-    kw['iterations'] = kw['iterations'] * multiple
-    opts = {**kw.pop('options', {}), 'share_adapter': True, **over.get('options', {})}
-    ev = dict(curve=[1, 2, 5], inference='paper', **over.get('eval', {}))
-    return {'e2e': make_job(preset, baseline=True, options=opts, eval=ev, **kw),
-            'faithful': make_job(preset, options=opts, eval=ev, **kw),
-            'improved': _improve(make_job(preset, options=opts, eval=ev, **kw), improved or GAP_IMPROVED)}
+    kw = {**kw, **{k: v for k, v in over.items() if k not in ('options', 'eval')}}
+    kw['baseline_iterations'] = kw['baseline_iterations'] * multiple
+    opts = {**kw.pop('options', {}), 'profile': 'released', 'share_adapter': True, 'curve': [1, 2, 5], 'inference': 'paper',
+            **over.get('eval', {}), **over.get('options', {})}
+    return {'e2e': make_job(preset, baseline=True, options=opts, **kw),
+            'faithful': make_job(preset, options=opts, **kw),
+            'improved': _improve(make_job(preset, options=opts, **kw), improved or GAP_IMPROVED)}
 
 def _improve(job:Job, change:dict) -> Job:
     "The job with the improved arm's change: Job fields, and `options` merged."
@@ -320,7 +320,7 @@ def gap_measure(run_dir, device=None, cache:dict=None) -> dict:
     from diffusionblocks.checkpoint import load_weights
     from diffusionblocks.tasks.classification.vit import block_accuracy
     job, cache = read_run(run_dir), ({} if cache is None else cache)
-    key = (job.task, job.data, job.options.get('limit'), job.options.get('test_limit'), job.options.get('image_size'), job.seed)   # what the data depends on
+    key = (job.task, job.data, getattr(job.options, 'limit', None), getattr(job.options, 'test_limit', None), getattr(job.options, 'image_size', None), job.seed)   # what the data depends on
     if key not in cache: cache[key] = get_task(job.task).load_data(job)
     data = cache[key]
     model = build_model(job, data).to(check_device(device))
@@ -335,7 +335,7 @@ def vit_gap(data:str='digits', scale:str='cpu', seeds:int=1, multiples=(1,), out
     jobs = {f'{data}-x{k}-{a}-s{s}': j.replace(seed=s) for k in multiples for a, j in gap_arms(data, scale, k, improved, overrides).items() for s in range(seeds)}
     out.mkdir(parents=True, exist_ok=True)
     fresh = {n: j for n, j in jobs.items() if not (out / n).exists()}
-    if fresh and parallel > 1: run_jobs(fresh, out, parallel=parallel, device=device)
+    if fresh and parallel > 1: run_jobs(fresh, out, processes=parallel, device=device)
     rows, cache = {}, {}
     for n, j in jobs.items():
         m = run_arm(j, out / n, device)
@@ -353,4 +353,4 @@ def vit_gap(data:str='digits', scale:str='cpu', seeds:int=1, multiples=(1,), out
             d = [r['accuracy'] for r in rows.values() if r['multiple'] == k and r['arm'] == a]
             gaps.append(dict(data=data, multiple=k, arm=a, e2e=_spread(e), dblocks=_spread(d), gap=statistics.fmean(d) - statistics.fmean(e)))
     return dict(data=data, scale=scale, seeds=seeds, multiples=list(multiples), improved=improved or GAP_IMPROVED, rows=rows, gaps=gaps,
-                base_iterations=gap_arms(data, scale, 1, improved, overrides)['e2e'].iterations, hardware=sorted({r['hardware'] for r in rows.values()}))
+                base_iterations=gap_arms(data, scale, 1, improved, overrides)['e2e'].baseline_iterations, hardware=sorted({r['hardware'] for r in rows.values()}))
