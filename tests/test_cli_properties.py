@@ -30,11 +30,11 @@ def world(tmp_path_factory):
     old = os.getcwd(); os.chdir(root)
     env = {k: os.environ.get(k) for k in ('DIFFUSIONBLOCKS_DATA', 'HF_HUB_OFFLINE')}
     os.environ.update(DIFFUSIONBLOCKS_DATA=str(root / 'cache'), HF_HUB_OFFLINE='1')
-    assert run_cli(['train', '--iterations', '3', '--n-eval', '20', '--sample-steps', '3', '--out', 'gen', '--quiet'])[0] == 0
-    assert run_cli(['train', '--config', 'vit-digits', '--iterations', '2', '--out', 'cls', '--quiet'])[0] == 0
+    assert run_cli(['train', '--baseline-iterations', '3', '--n-eval', '20', '--sample-steps', '3', '--out', 'gen', '--quiet'])[0] == 0
+    assert run_cli(['train', '--config', 'vit-digits', '--baseline-iterations', '2', '--out', 'cls', '--quiet'])[0] == 0
     (root / 'afile').write_text('not a folder')
     (root / 'user').mkdir(); (root / 'user' / 'notes.txt').write_text('mine')
-    assert run_cli(['train', '--iterations', '2', '--no-eval', '--out', 'ro', '--quiet'])[0] == 0
+    assert run_cli(['train', '--baseline-iterations', '2', '--no-eval', '--out', 'ro', '--quiet'])[0] == 0
     for p in [root / 'ro', *(root / 'ro').rglob('*')]: p.chmod(p.stat().st_mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
     yield root
     for p in [root / 'ro', *(root / 'ro').rglob('*')]: p.chmod(p.stat().st_mode | stat.S_IWUSR)
@@ -59,8 +59,8 @@ def flag(name): return st.sampled_from([[], [name]])
 
 def train_argv():
     # a "good" train is kept tiny: it always has a small --iterations and --no-eval or a small --n-eval
-    budget = st.one_of(st.just(['--iterations', '1', '--no-eval']), st.just(['--iterations', '2', '--n-eval', '10', '--sample-steps', '2']),
-                       ints([1, 2], 1, 10**9).map(lambda v: ['--iterations', v, '--no-eval']), st.just(['--steps', '1', '--no-eval']))
+    budget = st.one_of(st.just(['--baseline-iterations', '1', '--no-eval']), st.just(['--baseline-iterations', '2', '--n-eval', '10', '--sample-steps', '2']),
+                       ints([1, 2], 1, 10**9).map(lambda v: ['--baseline-iterations', v, '--no-eval']), st.just(['--steps', '1', '--no-eval']))
     parts = [budget, opt('--config', PRESETS), opt('--method', METHODS), flag('--baseline'), opt('--blocks', ints([1, 2, 3, 4, 6, 7], 1, 1024)),
              opt('--seed', ints([0, 7, 2**62], 0, 2**62)), opt('--out', OUTS), opt('--resume', RUNS), flag('--overwrite'), opt('--device', DEVICES),
              opt('--n-eval', ints([2, 12], 2, 10**7)), opt('--sample-steps', ints([1, 3], 1, 10**5)), opt('--threads', ints([0, 1, 2], 0, 1024)),

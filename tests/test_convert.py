@@ -100,9 +100,11 @@ def test_unet_refused_in_one_line():
 # ------------------------------------------------------------------ the run system: convert -> train --resume -> sample
 def _convert_and_finetune(tmp_path, name, **kw):
     import diffusionblocks.jobs.core as jc
-    from diffusionblocks.tasks.converted.task import convert
+    from diffusionblocks.tasks.converted.task import convert as _convert
+    import diffusionblocks.jobs.core as jc
+    convert = lambda *a, **k: _convert(*a, runs=jc, **k)
     src = tmp_path / f'{name}-src'; tiny(name, std=0.02).save_pretrained(str(src))
-    r = convert(str(src), str(tmp_path / f'{name}-run'), iterations=4, **kw)
+    r = convert(str(src), str(tmp_path / f'{name}-run'), baseline_iterations=4, **kw)
     before, job, _ = jc.load_run(r['run_dir'])
     m = jc.resume_run(r['run_dir'], progress=False, eval_settings=dict(n_eval=8, sample_steps=3))
     after, *_ = jc.load_run(r['run_dir'])
@@ -136,10 +138,12 @@ def test_convert_diffusers_frozen_distill(tmp_path, data_dir):
 def test_convert_own_run_resume_sequential(tmp_path, data_dir):
     "A digits DiT run (end to end) → B = 3 with the sequential schedule; the pretrained layers are in the iteration-0 checkpoint."
     import diffusionblocks.jobs.core as jc
-    from diffusionblocks.tasks.converted.task import convert
+    from diffusionblocks.tasks.converted.task import convert as _convert
+    import diffusionblocks.jobs.core as jc
+    convert = lambda *a, **k: _convert(*a, runs=jc, **k)
     from diffusionblocks.checkpoint import RunDir
     jc.run_job(jc.make_job('digits', baseline=True, iterations=3), out=tmp_path / 'e2e', progress=False, evaluate=False)
-    convert(tmp_path / 'e2e', tmp_path / 'b3', blocks=3, iterations=3, schedule='sequential')
+    convert(tmp_path / 'e2e', tmp_path / 'b3', blocks=3, baseline_iterations=3, block_schedule='sequential')
     src, *_ = jc.load_run(tmp_path / 'e2e'); cv, job, _ = jc.load_run(tmp_path / 'b3')
     la, lb = [l for b in src.blocks for l in b.layers], [l for b in cv.blocks for l in b.layers]
     assert all(torch.equal(x, y) for a, b in zip(la, lb, strict=True) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
@@ -148,18 +152,23 @@ def test_convert_own_run_resume_sequential(tmp_path, data_dir):
     assert [r['block'] for r in RunDir(tmp_path / 'b3').metrics()] == sorted(r['block'] for r in RunDir(tmp_path / 'b3').metrics())
     with pytest.raises(ConfigError, match='already holds a run'): convert(tmp_path / 'e2e', tmp_path / 'b3', blocks=3)
     # the per-block LoRA hook: only the low-rank adapters move when the converted run fine-tunes
-    convert(tmp_path / 'e2e', tmp_path / 'lora', blocks=3, iterations=2, lora=dict(rank=2))
+    convert(tmp_path / 'e2e', tmp_path / 'lora', blocks=3, baseline_iterations=2, lora=dict(rank=2))
     a, *_ = jc.load_run(tmp_path / 'lora'); jc.resume_run(tmp_path / 'lora', progress=False, evaluate=False); b, *_ = jc.load_run(tmp_path / 'lora')
     moved = [n for (n, x), y in zip(a.state_dict().items(), b.state_dict().values()) if not torch.equal(x, y)]
     assert moved and all('lora_' in n for n in moved)
 
 
-def test_cli_register(tmp_path):
-    import argparse
-    from diffusionblocks.tasks.converted.task import register
-    p = argparse.ArgumentParser(); sub = p.add_subparsers(dest='command'); register(sub)
-    a = p.parse_args(['convert', 'x/y', '--blocks', '3', '--shared', 'frozen', '--distill', '--out', str(tmp_path / 'r')])
-    assert (a.source, a.blocks, a.shared, a.distill) == ('x/y', 3, 'frozen', True)
+def test_cli_convert_command(tmp_path, capsys):
+    "`convert` is the converted task's Command: its parser is made from the typed ConvertArgs; bad values are one line."
+    from diffusionblocks.cli import build_parser, main
+    a = build_parser().parse_args(['convert', 'x/y', '--blocks', '3', '--shared', 'frozen', '--distill', '--out', str(tmp_path / 'r')])
+    assert (a.source, a.blocks, a.shared, a.distill) == ('x/y', '3', 'frozen', 'true')
+    for argv, msg in [(['--blocks', '0'], 'option blocks must be an integer in [1, 1024]'), (['--baseline-iterations', '0'], 'option baseline_iterations must be'),
+                      (['--baseline-iterations', '0'], 'option baseline_iterations must be'), (['--shared', 'tied'], 'one of copy, frozen')]:
+        assert main(['convert', str(tmp_path), *argv, '--out', str(tmp_path / 'r')]) == 2
+        err = capsys.readouterr().err
+        assert msg in err and err.count('\n') == 1, err
+    assert not (tmp_path / 'r').exists()
 
 
 # ------------------------------------------------------------------ residency: only the active block in process memory

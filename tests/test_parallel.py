@@ -90,7 +90,7 @@ def test_cli_parallel_train_then_merge(tmp_path):
     "The CLI under torchrun: digits, B = 3, two ranks; the run evaluates; its metrics name the layout."
     env = {**os.environ, 'OMP_NUM_THREADS': '1', 'DIFFUSIONBLOCKS_DATA': str(tmp_path / 'cache')}
     r = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc-per-node', '2', '-m', 'diffusionblocks.cli', 'train',
-                        '--parallel', 'blocks', '--iterations', '4', '--n-eval', '20', '--sample-steps', '3', '--out', str(tmp_path / 'run'), '--quiet'],
+                        '--parallel', 'blocks', '--baseline-iterations', '4', '--n-eval', '20', '--sample-steps', '3', '--out', str(tmp_path / 'run'), '--quiet'],
                        capture_output=True, text=True, env=env, timeout=600, cwd=ROOT)
     assert r.returncode == 0, r.stderr[-3000:]
     m = json.loads((tmp_path / 'run' / 'metrics.json').read_text())

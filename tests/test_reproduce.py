@@ -67,15 +67,15 @@ def test_command_errors_are_one_line(argv, msg, tmp_path):
 def test_gap_arms_are_equal_budget_and_differ_only_in_the_option():
     arms = gap_arms('digits', 'cpu', multiple=3)
     e, f, i = arms['e2e'], arms['faithful'], arms['improved']
-    assert e.iterations == f.iterations == i.iterations == 300 and (f.profile, i.profile) == ("released", "paper")
-    assert {k: v for k, v in i.options.items() if k != "share_adapter"} == {k: v for k, v in f.options.items() if k != "share_adapter"}
-    assert (f.options["share_adapter"], i.options["share_adapter"]) == (True, False)
+    assert e.baseline_iterations == f.baseline_iterations == i.baseline_iterations == 300 and (f.options.profile, i.options.profile) == ("released", "paper")
+    assert {k: v for k, v in i.options.to_dict().items() if k not in ("share_adapter", "profile")} == {k: v for k, v in f.options.to_dict().items() if k not in ("share_adapter", "profile")}
+    assert (f.options.share_adapter, i.options.share_adapter) == (True, False)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize('table', ['2', '6', '7', '10'])
 def test_cpu_reproduction_runs_at_a_tiny_budget(table, tmp_path, monkeypatch):
     monkeypatch.setenv('DIFFUSIONBLOCKS_DATA', str(tmp_path / 'cache'))
-    over = dict(iterations=3, eval=dict(n_eval=40, feature_iterations=5, sample_steps=4)) if table in ('2', '7', '10') else dict(iterations=3, options=dict(limit=200, test_limit=50))
+    over = dict(baseline_iterations=3, options=dict(n_eval=40, feature_iterations=5, sample_steps=4)) if table in ('2', '7', '10') else dict(baseline_iterations=3, options=dict(limit=200, test_limit=50))
     res = reproduce(table, out=tmp_path / 'out', overrides=over, device='cpu')
     assert all((r['ours'] is not None) == (r['arm'] is not None) for r in res['rows'])

@@ -84,7 +84,7 @@ def test_classification_run_through_the_runner_and_the_command(tmp_path, monkeyp
     import diffusionblocks.jobs.core as jc
     from diffusionblocks.cli import main
     monkeypatch.setenv('DIFFUSIONBLOCKS_DATA', str(tmp_path / 'cache'))
-    job = jc.make_job('vit-digits', iterations=3, options=dict(limit=200, test_limit=50), eval=dict(sample_steps=1, curve=[2]))
+    job = jc.make_job('vit-digits', baseline_iterations=3, options=dict(limit=200, test_limit=50, sample_steps=1, curve=[2]))
     m = jc.run_job(job, out=tmp_path / 'run', device='cpu', progress=False)
     saved = json.loads((tmp_path / 'run' / 'metrics.json').read_text())
     assert saved['method'] == 'dblocks' and saved['n_test'] == 50 and saved['iterations'] == 9 and saved['sample_steps'] == 1

@@ -145,7 +145,7 @@ def budget(job:Job,         # the run
                       **{'precision': 'bf16', **job.options.train_overrides(), **train})
     return scale_budget(cfg, job.blocks) if job.blockwise else cfg
 
-# %% ../../nbs/20_jobs.ipynb #af3a47be
+# %% ../../nbs/20_jobs.ipynb #38635d3a
 def make_job(preset:str,            # a PRESETS key
              method:str=None,       # another method of the preset's task
              baseline:bool=False,   # the task's end-to-end baseline (B = 1)
@@ -159,6 +159,8 @@ def make_job(preset:str,            # a PRESETS key
     d, task = dict(p.job), get_task(p.task)
     for old, new in LEGACY_FIELDS.items():
         if old in overrides: overrides[new] = overrides.pop(old)
+    if overrides.get('eval') is not None: overrides['options'] = {**overrides.pop('eval'), **(overrides.get('options') or {})}   # the older spelling
+    overrides.pop('eval', None)
     if baseline:
         if task.baseline is None: raise ConfigError(f"task {task.name} has no end-to-end baseline")
         if method not in (None, task.baseline): raise ConfigError(f"--baseline is the end-to-end method {task.baseline}; it cannot be combined with --method {method}")
