@@ -224,6 +224,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                      'diffusionblocks.cli._out_sample': ('cli.html#_out_sample', 'diffusionblocks/cli.py'),
                                      'diffusionblocks.cli._run_command': ('cli.html#_run_command', 'diffusionblocks/cli.py'),
                                      'diffusionblocks.cli._settings': ('cli.html#_settings', 'diffusionblocks/cli.py'),
+                                     'diffusionblocks.cli._strip_none': ('cli.html#_strip_none', 'diffusionblocks/cli.py'),
                                      'diffusionblocks.cli._value': ('cli.html#_value', 'diffusionblocks/cli.py'),
                                      'diffusionblocks.cli.add_option_flags': ('cli.html#add_option_flags', 'diffusionblocks/cli.py'),
                                      'diffusionblocks.cli.build_parser': ('cli.html#build_parser', 'diffusionblocks/cli.py'),

@@ -8,13 +8,13 @@ __all__ = ['finite', 'CliError', 'number', 'build_parser', 'one_line_warning', '
            'run_sample', 'register_eval', 'run_eval', 'register_classify', 'run_classify', 'register_command',
            'register_presets', 'run_presets', 'register_merge', 'run_merge', 'register_partition', 'run_partition']
 
-# %% ../nbs/23_cli.ipynb #b5f098e1
+# %% ../nbs/23_cli.ipynb #f42434e0
 import sys, json, math, argparse, warnings
 from pathlib import Path
 from .errors import DiffusionBlocksError, ConfigError
 from .noise import EDMConfig
 from .partition import Partition, SCHEMES
-import dataclasses, typing
+import dataclasses, typing, types
 import diffusionblocks.jobs.core as runs
 from .jobs.core import (make_job, run_job, resume_run, load_run, evaluate_run, read_run, preset_rows, get_task,
                                        check_device, eval_job, PRESETS, load_tasks, PARALLEL)
@@ -70,17 +70,19 @@ def main(argv=None):
         print(msg if msg.startswith('diffusionblocks') else f'diffusionblocks: error: {msg}', file=sys.stderr)
         return 2
 
-# %% ../nbs/23_cli.ipynb #144cc11e
+# %% ../nbs/23_cli.ipynb #f690a9c4
 def _fields(cls) -> dict:
     "{name: (annotation, metadata)} of an Options class."
     hints = typing.get_type_hints(cls)
     return {f.name: (hints[f.name], f.metadata) for f in dataclasses.fields(cls)}
 
-def _is_list(tp) -> bool:
-    b = [a for a in typing.get_args(tp) if a is not type(None)] or [tp]
-    return (typing.get_origin(b[0]) or b[0]) is tuple
+def _strip_none(tp):
+    "The annotation without its `| None`."
+    if typing.get_origin(tp) in (typing.Union, types.UnionType): return next(a for a in typing.get_args(tp) if a is not type(None))
+    return tp
 
-def _is_bool(tp) -> bool: return tp is bool or bool in typing.get_args(tp)
+def _is_list(tp) -> bool: return (typing.get_origin(_strip_none(tp)) or _strip_none(tp)) is tuple
+def _is_bool(tp) -> bool: return _strip_none(tp) is bool
 
 def option_flags(classes, only_eval:bool=False) -> dict:
     "{option name: (help, is a list, is a bool, [task names])} over every task's Options (or only their evaluation settings)."
