@@ -10,16 +10,16 @@
 set -u
 OUT="${OUT:-/tmp/out}"; DEST="$OUT/reproduce"; mkdir -p "$DEST"
 if [ -z "${PY:-}" ]; then PY=python3; [ -x .venv/bin/python ] && PY=.venv/bin/python; fi
-DEVICE=cuda; EXTRA='{}'; CIFAR_EXTRA='{"iterations": 300, "options": {"test_limit": 5000}}'; SLOW=1; MULTS='[1, 3]'; SEEDS=2; CIFAR=1
+DEVICE=cuda; EXTRA='{}'; CIFAR_EXTRA='{"baseline_iterations": 300, "options": {"test_limit": 5000}}'; SLOW=1; MULTS='[1, 3]'; SEEDS=2; CIFAR=1
 if [ "${SMOKE:-0}" = 1 ]; then   # a CPU check of the same path: tiny budgets, one budget and seed, CIFAR only with SMOKE_CIFAR=1
   DEVICE=cpu; SLOW=20; MULTS='[1]'; SEEDS=1; CIFAR="${SMOKE_CIFAR:-0}"
-  EXTRA='{"iterations": 3, "options": {"limit": 200, "test_limit": 50}}'; CIFAR_EXTRA='{"iterations": 2, "options": {"limit": 200, "test_limit": 50}}'
+  EXTRA='{"baseline_iterations": 3, "options": {"limit": 200, "test_limit": 50}}'; CIFAR_EXTRA='{"baseline_iterations": 2, "options": {"limit": 200, "test_limit": 50}}'
 fi
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-4}"
 stage() {  # stage NAME DATA MULTIPLES OVERRIDES TIMEOUT
   timeout "$5" "$PY" - "$1" "$2" "$3" "$4" "$DEST" "$DEVICE" "$SEEDS" <<'PY'
 import json, sys, time, torch
-from diffusionblocks.jobs.reproduce import vit_gap
+from diffusionblocks.experiments.vit_gap import vit_gap
 name, data, mults, over, dest, dev, seeds = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), json.loads(sys.argv[4]), sys.argv[5], sys.argv[6], int(sys.argv[7])
 if dev == 'cuda': torch.backends.cuda.matmul.allow_tf32 = True; torch.backends.cudnn.allow_tf32 = True   # the released code's fp32 with TF32
 t = time.time()

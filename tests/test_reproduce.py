@@ -3,13 +3,14 @@ import json, math, argparse
 from pathlib import Path
 import pytest
 from diffusionblocks.errors import ConfigError
-from diffusionblocks.jobs.reproduce import TABLES, SCALES, table_arms, write_table, reproduce, register, run_cli, get_table, gap_arms
+from diffusionblocks.jobs.reproduce import TABLES, TABLE_SCALES, table_arms, write_table, reproduce, register, run_cli, get_table
+from diffusionblocks.experiments.vit_gap import gap_arms
 
 
 def test_every_row_of_every_table_has_its_arm_at_every_scale():
     assert set(TABLES) >= {'1', '2', '6', '7', '10'}
     for k, t in TABLES.items():
-        for s in SCALES:
+        for s in TABLE_SCALES:
             arms = table_arms(k, s)
             assert all(r.arm is None or r.arm in arms for r in t.rows), (k, s)
             assert t.reference in [r.label for r in t.rows]

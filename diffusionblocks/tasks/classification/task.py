@@ -6,7 +6,7 @@
 __all__ = ['METHODS', 'BLOCKWISE', 'CNN_METHODS', 'DIFFUSION_METHODS', 'INFERENCES', 'TASK', 'ClassifyOptions', 'load_data',
            'train_set', 'batch_fn', 'build', 'predictor', 'evaluate', 'classify_run', 'report']
 
-# %% ../../../nbs/22_jobs_classify.ipynb #863ce130
+# %% ../../../nbs/22_jobs_classify.ipynb #f8d0273c
 import math, time
 import torch
 from ...errors import ConfigError
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from .vit import vit_config, vit_blocks, ViT, Supervised, classify as classify_labels, evaluate_classifier, BLOCK0_SIGMA
 from .profiles import PROFILES, get_profile
 from .baselines import ContrastiveFF, NoPropDT, BackpropCNN, cnn_blocks
-from .. import Task, TaskData, Options, option, register_task, register_preset
+from .. import Task, TaskData, Options, option, register_task, register_preset, register_table
 
 # %% ../../../nbs/22_jobs_classify.ipynb #deca350a
 METHODS = ('dblocks', 'e2e', 'ff', 'dblocks-cnn', 'noprop-dt', 'backprop-cnn')
@@ -161,3 +161,29 @@ def report(m:dict) -> str:
 
 TASK = register_task(Task('classification', methods=METHODS, blockwise=BLOCKWISE, load_data=load_data, build=build, evaluate=evaluate,
                           batch_fn=batch_fn, train_set=train_set, classify=classify_run, report=report, options=ClassifyOptions, baseline='e2e'))
+
+# %% ../../../nbs/22_jobs_classify.ipynb #e3e24fdc
+_VIT_CPU = dict(baseline_iterations=300, options=dict(profile='released', share_adapter=True))
+_VIT_GPU = dict(baseline_iterations=2000, options=dict(flip=True, crop_padding=4, randaugment=False))
+
+def _vit_arms(methods:dict, scale:str, paper:dict=None) -> dict:
+    "{arm: job spec} for classification methods {arm: method} at a scale."
+    preset, kw = {'cpu': ('vit-digits', _VIT_CPU), 'gpu-short': ('vit-cifar10', _VIT_GPU), 'paper': ('vit-cifar100', paper or {})}[scale]
+    return {a: dict(preset=preset, method=m, **kw) for a, m in methods.items()}
+
+register_table('1', 'ViT classification on CIFAR-100 (Sec. 5.1)',
+               [('ViT (end-to-end)', 'e2e', 60.25), ('+ Forward-Forward', 'ff', 7.85), ('+ DiffusionBlocks (B = 3)', 'dblocks', 59.30)],
+               'accuracy', lambda s: _vit_arms({'e2e': 'e2e', 'ff': 'ff', 'dblocks': 'dblocks'}, s), 'ViT (end-to-end)',
+               paper_metric='top-1 test accuracy, CIFAR-100, 500 epochs',
+               notes={'cpu': 'embedded 8x8 digits, ViT 6x64 (released profile, shared adapter), 300 baseline iterations',
+                      'gpu-short': 'CIFAR-10 copy, the paper ViT (released profile), 2,000 baseline iterations, crop + flip',
+                      'paper': 'vit-cifar100 preset as it is'})
+
+register_table('6', 'Comparison with NoProp on CIFAR-100 (Sec. 5.6.1)',
+               [('Backprop', 'backprop-cnn', 47.80), ('NoProp-DT', 'noprop-dt', 46.06), ('NoProp-CT', None, 21.31),
+                ('NoProp-FM', None, 37.57), ('DiffusionBlocks', 'dblocks-cnn', 46.88)],
+               'accuracy', lambda s: _vit_arms({'backprop-cnn': 'backprop-cnn', 'noprop-dt': 'noprop-dt', 'dblocks-cnn': 'dblocks-cnn'}, s,
+                                               paper=dict(epochs=1000, options=dict(sample_steps=999))), 'Backprop',
+               paper_metric='top-1 test accuracy, CIFAR-100, NoProp CNN, 1,000 epochs',
+               notes={'cpu': 'embedded 8x8 digits, NoProp CNN, T = B = 3, 300 baseline iterations',
+                      'gpu-short': 'CIFAR-10 copy, NoProp CNN, 2,000 baseline iterations', 'paper': 'vit-cifar100 CNN arms, 1,000 epochs, 1,000 Euler steps'})
