@@ -4,18 +4,19 @@
 
 # %% auto #0
 __all__ = ['AR_MODELS', 'two_stream_mask', 'block_causal_mask', 'ARConfig', 'ar_config', 'CausalLM', 'NextTokenLM', 'ARAdapter',
-           'per_position', 'TokenNoise', 'ar_blocks', 'block_pass', 'brute_force_denoise', 'decode_cap',
-           'decode_blocks', 'top_p_sample', 'sample_next_token']
+           'ar_blocks', 'block_pass', 'brute_force_denoise', 'decode_cap', 'decode_blocks', 'top_p_sample',
+           'sample_next_token']
 
-# %% ../../../nbs/25_ar.ipynb #e37ef7a4
+# %% ../../../nbs/25_ar.ipynb #b76a12b6
 import math, time, dataclasses
 from dataclasses import dataclass
 import torch, torch.nn as nn, torch.nn.functional as F
 from ...errors import ConfigError
-from ...noise import EDMConfig, c_skip, c_out, c_in, c_noise, loss_weight
+from ...noise import EDMConfig, c_skip, c_out, c_in, c_noise
 from ...partition import Partition
 from ...layers import SigmaEmbedder, ModulatedOutput, LayerCache, LlamaLayer, swiglu_width
-from ...blocks import TaskAdapter, EmbeddingTarget, GaussianNoise, DiffusionBlocks
+from ...blocks import TaskAdapter, EmbeddingTarget, DiffusionBlocks
+from ...processes import TokenNoise, per_position
 from ...sampling import sample_euler, capped_denoiser
 from ...engine import EngineModel
 
@@ -105,7 +106,7 @@ class NextTokenLM(EngineModel):
         ce = F.cross_entropy(self.net(y[:, :-1]).float().flatten(0, 1), y[:, 1:].flatten())
         return ce, {'loss': ce.detach(), 'loss_unweighted': ce.detach()}
 
-# %% ../../../nbs/25_ar.ipynb #050d5e70
+# %% ../../../nbs/25_ar.ipynb #4e733e7d
 class ARAdapter(TaskAdapter):
     "[clean tokens ; noisy embeddings] stem, per-token σ conditioning, noisy-half readout, logits head."
     def __init__(self,
@@ -151,46 +152,6 @@ class ARAdapter(TaskAdapter):
     def read(self, h, c, n:int): return self.final_layer(h[:, -n:], c[:, -n:])   # F of the last n (noisy) tokens
     def readout(self, h, c): return self.read(h, c, h.shape[1] // 2)            # (N, T, d_e)
     def head(self, D, c): return self.out(D, c[:, -D.shape[1]:])                # (N, T, V) logits
-
-def per_position(sigma, z) -> torch.Tensor:  # (N, T) float32
-    "σ as one value per token of z (N, T, d): a float, (N,) per sequence, or (N, T) per position."
-    s = torch.as_tensor(sigma, dtype=torch.float32, device=z.device)
-    N, T = z.shape[:2]
-    if s.ndim == 2 and s.shape == (N, T): return s
-    if s.numel() in (1, N): return s.reshape(-1, 1).expand(N, T)
-    raise ConfigError(f"sigma must be one value, one per sequence ({N}) or one per position ({N}, {T}), got shape {tuple(s.shape)}")
-
-class TokenNoise(GaussianNoise):
-    "The paper's Gaussian process over token embeddings: EDM preconditioning and the λ-weighted CE per position, σ drawn per position (or per sequence)."
-    def __init__(self, sigma_per:str='position'):   # 'position': one σ per token; 'sequence': one σ shared by a sequence's tokens
-        if sigma_per not in ('position', 'sequence'): raise ConfigError(f"sigma_per must be 'position' or 'sequence', got {sigma_per!r}")
-        self.sigma_per = sigma_per
-    def check(self, model):
-        super().check(model)
-        if not model.target.discrete: raise ConfigError("TokenNoise diffuses token embeddings: the model needs an EmbeddingTarget")
-    def describe(self): return dict(type=type(self).__name__, **({} if self.sigma_per == 'position' else {'sigma_per': self.sigma_per}))
-    def denoise(self, model, k, z, sigma, generator=None, **cond):
-        "Block k's D(z; σ) (N, T, d_e) and logits (N, T, V), σ per position."
-        sigma = per_position(sigma, z)
-        s = sigma[..., None]
-        Fk, c = model.blocks[k](c_in(s, model.edm.sigma_data) * z, c_noise(sigma), generator=generator, **cond)
-        if Fk.shape != z.shape: raise ConfigError(f"{type(model.blocks[k].adapter).__name__}.readout returned shape {tuple(Fk.shape)} but z has shape {tuple(z.shape)}")
-        D = c_skip(s, model.edm.sigma_data) * z + c_out(s, model.edm.sigma_data) * Fk.to(z.dtype)
-        return D, model.blocks[k].adapter.head(D, c)
-    def loss(self, model, k, y, generator=None, **cond):
-        "Eq. 6 per token: σ_i from block k's widened range, λ(σ_i)-weighted CE of the logits of token i, averaged."
-        cond.setdefault('x', y)                                                   # the clean stream is the sequence itself
-        y0 = model.target.encode(y)                                               # (N, T, d_e)
-        N, T = y.shape
-        per_seq = self.sigma_per == 'sequence'
-        sigma = model.partition.sample_sigma(k, N if per_seq else N * T, generator, y.device).view(N, 1 if per_seq else T).expand(N, T)
-        eps = torch.randn(y0.shape, generator=generator, device=y.device, dtype=y0.dtype)
-        D, logits = model.denoise_block(k, y0 + sigma[..., None] * eps, sigma, generator=generator, **cond)
-        ce = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction='none').view(N, T)
-        w = loss_weight(sigma, model.edm.sigma_data)
-        if model.weight_clamp is not None: w = w.clamp(max=model.weight_clamp)
-        loss = (w * ce).mean()
-        return loss, {'loss': loss.detach(), 'loss_unweighted': ce.mean().detach()}
 
 # %% ../../../nbs/25_ar.ipynb #661b2dea
 def ar_blocks(config='ar-small',        # an AR_MODELS name, a dict of ARConfig fields, or an ARConfig
