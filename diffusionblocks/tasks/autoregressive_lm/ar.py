@@ -4,10 +4,9 @@
 
 # %% auto #0
 __all__ = ['AR_MODELS', 'two_stream_mask', 'block_causal_mask', 'ARConfig', 'ar_config', 'CausalLM', 'NextTokenLM', 'ARAdapter',
-           'ar_blocks', 'block_pass', 'brute_force_denoise', 'decode_cap', 'decode_blocks', 'top_p_sample',
-           'sample_next_token']
+           'ar_blocks', 'block_pass', 'brute_force_denoise', 'decode_blocks', 'sample_next_token']
 
-# %% ../../../nbs/25_ar.ipynb #b76a12b6
+# %% ../../../nbs/25_ar.ipynb #b333a96a
 import math, time, dataclasses
 from dataclasses import dataclass
 import torch, torch.nn as nn, torch.nn.functional as F
@@ -17,7 +16,7 @@ from ...partition import Partition
 from ...layers import SigmaEmbedder, ModulatedOutput, LayerCache, LlamaLayer, swiglu_width
 from ...blocks import TaskAdapter, EmbeddingTarget, DiffusionBlocks
 from ...processes import TokenNoise, per_position
-from ...sampling import sample_euler, capped_denoiser
+from ...sampling import sample_euler, capped_denoiser, decode_cap, top_p_sample
 from ...engine import EngineModel
 
 # %% ../../../nbs/25_ar.ipynb #e1e41b65
@@ -202,18 +201,13 @@ def brute_force_denoise(model:DiffusionBlocks, k:int, z, sigma, x) -> tuple:
                               torch.ones(i + 1, i + 1, dtype=torch.bool, device=z.device).tril()))
     return torch.cat([o[0] for o in out], 1), torch.cat([o[1] for o in out], 1)
 
-# %% ../../../nbs/25_ar.ipynb #8444aa78
-def decode_cap(model:DiffusionBlocks, cond_max='auto') -> float:
-    "The largest σ decoding calls the model at: 'auto' (the 99.9 % quantile of block 0's training σ), a number, or None (σ_max)."
-    if cond_max == 'auto': return model.partition.noise_law(0).icdf(torch.tensor(0.999, dtype=torch.float64)).item()
-    return math.inf if cond_max is None else float(cond_max)
-
+# %% ../../../nbs/25_ar.ipynb #52e6ab60
 @torch.no_grad()
 def decode_blocks(model:DiffusionBlocks,  # an `ar_blocks` model
                   prompt,                 # (N, P) token ids, P >= 0
                   new_tokens:int,         # tokens to generate
                   sample_steps:int=None,  # Euler steps per token (default B − 1: one call per block)
-                  cond_max='auto',        # see `decode_cap`
+                  cond_max='auto',        # see `sampling.decode_cap`
                   generator=None,         # torch.Generator for the initial noise (on the model's device, or CPU)
                   use_cache:bool=True,    # KV caches of the clean stream (False: recompute the prefix at every call)
                   callback=None,          # called with dict(i, token, logits) after each token
@@ -253,20 +247,6 @@ def decode_blocks(model:DiffusionBlocks,  # an `ar_blocks` model
             if callback: callback(dict(i=t, token=tok, logits=last['logits'][:, -1].float()))
     finally: model.train(was)
     return ids
-
-def top_p_sample(logits,            # (N, V)
-                 top_p:float=0.95,  # nucleus mass p (0: greedy)
-                 temperature:float=1.,
-                 generator=None,    # a CPU torch.Generator
-                ) -> torch.Tensor:  # (N,) token ids
-    "Nucleus sampling: draw from the smallest set of tokens whose probability reaches top_p (renormalised)."
-    if top_p == 0: return logits.argmax(-1)
-    p = (logits.float() / temperature).softmax(-1).cpu()
-    ps, idx = p.sort(-1, descending=True)
-    keep = ps.cumsum(-1) - ps < top_p                                         # the first token is always kept
-    ps = ps * keep
-    draw = torch.multinomial(ps / ps.sum(-1, keepdim=True), 1, generator=generator)[:, 0]
-    return idx.gather(-1, draw[:, None])[:, 0].to(logits.device)
 
 @torch.no_grad()
 def sample_next_token(lm,                   # a CausalLM (or NextTokenLM)
