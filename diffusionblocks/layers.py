@@ -4,7 +4,8 @@
 
 # %% auto #0
 __all__ = ['timestep_embedding', 'SigmaEmbedder', 'LabelEmbedder', 'Attention', 'Mlp', 'modulate', 'adaln_modulation',
-           'AdaLNZeroLayer', 'ModulatedOutput']
+           'AdaLNZeroLayer', 'ModulatedOutput', 'rotary', 'RotaryAttention', 'LayerCache', 'CausalAttention', 'SwiGLU',
+           'swiglu_width', 'LlamaLayer']
 
 # %% ../nbs/03_layers.ipynb #549e2534
 import math
@@ -180,3 +181,96 @@ class ModulatedOutput(nn.Module):
     def forward(self, h, c):  # h: (N, T, dim) or (N, dim); c: (N, cond_dim) -> (N, T, out_dim) or (N, out_dim)
         shift, scale = self.modulation(c).chunk(2, dim=-1)   # each (N, dim)
         return self.linear(modulate(self.norm(h), shift, scale))
+
+# %% ../nbs/03_layers.ipynb #71ffc8fa
+def rotary(x,                 # (N, H, T, D) queries or keys, D even
+           base:float=10000., # frequencies base^(−2i/D)
+           positions=None,    # (T,) position of each token (default 0 … T−1; an autoregressive cache starts later)
+          ) -> torch.Tensor:
+    "Rotary position embedding (RoFormer): each pair (x_i, x_{i+D/2}) rotated by position × its frequency."
+    T, D = x.shape[-2], x.shape[-1]
+    inv = 1. / base ** (torch.arange(0, D // 2, device=x.device, dtype=torch.float32) * 2 / D)
+    pos = torch.arange(T, device=x.device) if positions is None else torch.as_tensor(positions, device=x.device)
+    ang = pos.float()[:, None] * inv                                                     # (T, D/2)
+    cos, sin = ang.cos().to(x.dtype), ang.sin().to(x.dtype)
+    x1, x2 = x[..., :D // 2], x[..., D // 2:]
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], -1)
+
+# %% ../nbs/03_layers.ipynb #91f63517
+class RotaryAttention(Attention):
+    "Bidirectional multi-head self-attention with rotary position embeddings on q and k (SEDD/MDLM's DiT)."
+    def forward(self, x, attn_mask=None):  # x: (N, T, dim)
+        N, T, C = x.shape
+        q, k, v = self.qkv(x).view(N, T, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)   # each (N, H, T, C/H)
+        o = F.scaled_dot_product_attention(rotary(q), rotary(k), v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.)
+        return self.proj_drop(self.proj(o.transpose(1, 2).reshape(N, T, C)))
+
+# %% ../nbs/03_layers.ipynb #5e7f3585
+class LayerCache:
+    "Keys and values (N, H, P, D) of the P tokens a layer has committed (the clean stream when decoding)."
+    def __init__(self): self.k = self.v = None
+    def __len__(self): return 0 if self.k is None else self.k.shape[2]
+    def extend(self, k, v, commit:int):
+        "Cached + new keys/values for this call; the first `commit` new ones are kept for later calls."
+        K = k if self.k is None else torch.cat([self.k, k], 2)
+        V = v if self.v is None else torch.cat([self.v, v], 2)
+        if commit:
+            P = len(self)
+            self.k, self.v = K[:, :, :P + commit], V[:, :, :P + commit]
+        return K, V
+
+# %% ../nbs/03_layers.ipynb #a9c70462
+class CausalAttention(nn.Module):
+    "Multi-head attention with rotary positions at given indices, a bool mask, and an optional KV cache (no biases, Llama)."
+    def __init__(self, dim:int, heads:int):
+        super().__init__()
+        if dim % heads or (dim // heads) % 2: raise ConfigError(f"dim={dim} must split into {heads} heads of even width")
+        self.heads = heads
+        self.qkv, self.proj = nn.Linear(dim, 3 * dim, bias=False), nn.Linear(dim, dim, bias=False)
+    def forward(self, x, positions, attn_mask=None, cache:LayerCache=None, commit:int=0):  # x: (N, T, dim)
+        N, T, C = x.shape
+        q, k, v = self.qkv(x).view(N, T, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)   # each (N, H, T, C/H)
+        q, k = rotary(q, positions=positions), rotary(k, positions=positions)
+        if cache is not None: k, v = cache.extend(k, v, commit)
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+        return self.proj(o.transpose(1, 2).reshape(N, T, C))
+
+class SwiGLU(nn.Module):
+    "Llama's MLP: w2(SiLU(w1 x) ⊙ w3 x), no biases."
+    def __init__(self, dim:int, hidden:int):
+        super().__init__()
+        self.w1, self.w3, self.w2 = nn.Linear(dim, hidden, bias=False), nn.Linear(dim, hidden, bias=False), nn.Linear(hidden, dim, bias=False)
+    def forward(self, x): return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
+def swiglu_width(dim:int) -> int:
+    "Llama's SwiGLU width: 2/3 of 4·dim, rounded up to a multiple of 8 (768 → 2048)."
+    return 8 * math.ceil(8 * dim / 3 / 8)
+
+# %% ../nbs/03_layers.ipynb #f3a33b0a
+class LlamaLayer(nn.Module):
+    "Pre-norm Llama layer (RMSNorm, rotary attention, SwiGLU); AdaLN-Zero modulated — the identity at initialisation — when cond_dim is given."
+    def __init__(self,
+                 dim:int,             # model width
+                 heads:int,           # attention heads (even head width, for rotary)
+                 cond_dim:int=None,   # conditioning width d_c (None: the plain layer, RMSNorm with gains)
+                 mlp_dim:int=None,    # SwiGLU width (default `swiglu_width(dim)`)
+                 eps:float=1e-6,
+                ):
+        super().__init__()
+        plain = cond_dim is None
+        self.norm1, self.norm2 = nn.RMSNorm(dim, eps=eps, elementwise_affine=plain), nn.RMSNorm(dim, eps=eps, elementwise_affine=plain)
+        self.attn, self.mlp = CausalAttention(dim, heads), SwiGLU(dim, mlp_dim or swiglu_width(dim))
+        for m in [*self.attn.modules(), *self.mlp.modules()]:
+            if isinstance(m, nn.Linear): nn.init.normal_(m.weight, std=0.02)
+        self.modulation = None if plain else adaln_modulation(cond_dim, 6 * dim)
+    def forward(self, h, c=None, positions=None, attn_mask=None, cache:LayerCache=None, commit:int=0):
+        "h: (N, T, dim); c: None, (N, d_c) or (N, T, d_c); positions: (T,) (default 0 … T−1)."
+        if positions is None: positions = torch.arange(h.shape[1], device=h.device)
+        att = lambda x: self.attn(x, positions, attn_mask, cache, commit)
+        if self.modulation is None:
+            h = h + att(self.norm1(h))
+            return h + self.mlp(self.norm2(h))
+        sh1, sc1, g1, sh2, sc2, g2 = self.modulation(c).chunk(6, dim=-1)       # each (N, dim) or (N, T, dim)
+        if c.ndim == 2: g1, g2 = g1[:, None], g2[:, None]
+        h = h + g1 * att(modulate(self.norm1(h), sh1, sc1))
+        return h + g2 * self.mlp(modulate(self.norm2(h), sh2, sc2))

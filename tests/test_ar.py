@@ -102,7 +102,7 @@ def test_baseline_cache_and_top_p():
     torch.testing.assert_close(sample_next_token(lm, p, 7, generator=g()), sample_next_token(lm, p, 7, generator=g(), use_cache=False))
     greedy = sample_next_token(lm, p, 3, top_p=0)
     assert torch.equal(greedy[:, 4], lm(p)[:, -1].argmax(-1))
-    from diffusionblocks.tasks.autoregressive_lm.ar import top_p_sample
+    from diffusionblocks.sampling import top_p_sample
     logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]])).expand(2000, -1)
     draws = top_p_sample(logits, 0.7, generator=torch.Generator().manual_seed(0))
     assert set(draws.tolist()) == {0, 1}                                   # 0.5 + 0.3 reaches 0.7: tokens 2, 3 never drawn

@@ -3,7 +3,8 @@ import json, math
 import pytest, torch, torch.nn as nn
 from diffusionblocks.blocks import DiffusionBlocks, TaskAdapter, VectorAdapter, EmbeddingTarget
 from diffusionblocks.errors import ConfigError
-from diffusionblocks.flow import FlowConfig, FlowNoise, FlowPartition, DiscretePartition, euler_flow, flow_velocity, sample_flow
+from diffusionblocks.flow import FlowConfig, FlowPartition, DiscretePartition, euler_flow, flow_velocity, sample_flow
+from diffusionblocks.processes import FlowNoise
 from diffusionblocks.layers import AdaLNZeroLayer
 from diffusionblocks.partition import Partition
 from diffusionblocks.sampling import sample_euler

@@ -3,7 +3,8 @@ import copy, json
 import pytest, torch, torch.nn as nn
 from diffusionblocks.blocks import DiffusionBlocks, VectorAdapter, vector_blocks
 from diffusionblocks.errors import CheckpointError
-from diffusionblocks.flow import FlowNoise, FlowPartition
+from diffusionblocks.flow import FlowPartition
+from diffusionblocks.processes import FlowNoise
 from diffusionblocks.layers import AdaLNZeroLayer
 from diffusionblocks.tasks.converted.lora import (LoRALinear, add_lora, is_lora_name, lora_layers, lora_model, lora_state, load_block_lora,
                                   merge_lora, read_block_lora, save_block_lora)

@@ -14,7 +14,8 @@ from torch.utils.data import Dataset
 from ...errors import ConfigError, CheckpointError, DataError
 from .convert import (even_split, regroup, freeze_shared, distill as _distill, wrap_diffusers, layers_of, check_class, sample_converted, flux_image_ids,
                        SUPPORTED, REFUSED, _diffusers)
-from ...flow import FlowConfig, FlowNoise
+from ...flow import FlowConfig
+from ...processes import FlowNoise
 from dataclasses import dataclass
 from ...data import load_images
 from ...checkpoint import load_weights, RunDir, find_checkpoint

@@ -7,7 +7,7 @@ __all__ = ['HUGINN_MODELS', 'HuginnConfig', 'huginn_config', 'sample_depth', 'ru
            'HuginnTrainer', 'HuginnAdapter', 'huginn_blocks', 'batch_next_token', 'new_caches', 'decode_recurrent',
            'step_flops', 'train_flops']
 
-# %% ../../../nbs/28_huginn.ipynb #941f2c80
+# %% ../../../nbs/28_huginn.ipynb #92efabd3
 import math, dataclasses
 from dataclasses import dataclass
 import torch, torch.nn as nn, torch.nn.functional as F
@@ -15,11 +15,11 @@ from torch.utils.flop_counter import FlopCounterMode
 from ...errors import ConfigError
 from ...noise import EDMConfig, c_skip, c_out, c_in, c_noise
 from ...partition import Partition
-from ...layers import SigmaEmbedder, ModulatedOutput
+from ...layers import SigmaEmbedder, ModulatedOutput, LlamaLayer, LayerCache, swiglu_width
 from ...blocks import TaskAdapter, EmbeddingTarget, DiffusionBlocks
-from ..autoregressive_lm.ar import LlamaLayer, LayerCache, TokenNoise, swiglu_width, per_position, top_p_sample, decode_cap
+from ...processes import TokenNoise, per_position
 from ...engine import EngineModel
-from ...sampling import euler_step
+from ...sampling import euler_step, top_p_sample, decode_cap
 
 # %% ../../../nbs/28_huginn.ipynb #f73f131c
 @dataclass(frozen=True)
