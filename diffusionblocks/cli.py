@@ -6,7 +6,8 @@
 __all__ = ['finite', 'CliError', 'number', 'build_parser', 'one_line_warning', 'main', 'option_flags', 'add_option_flags',
            'given_options', 'register_train', 'deprecated', 'parse_options', 'run_train', 'register_sample',
            'run_sample', 'register_eval', 'run_eval', 'register_classify', 'run_classify', 'register_command',
-           'register_presets', 'run_presets', 'register_merge', 'run_merge', 'register_partition', 'run_partition']
+           'register_reproduce', 'run_reproduce', 'register_presets', 'run_presets', 'register_merge', 'run_merge',
+           'register_partition', 'run_partition']
 
 # %% ../nbs/23_cli.ipynb #f42434e0
 import sys, json, math, argparse, warnings
@@ -23,7 +24,7 @@ from .parallel import merge_runs
 from .jobs import reproduce as _reproduce
 from . import bench
 
-# %% ../nbs/23_cli.ipynb #25a56cf8
+# %% ../nbs/23_cli.ipynb #02151ee9
 class CliError(ConfigError): "A bad command-line value."
 
 class _Parser(argparse.ArgumentParser):
@@ -49,7 +50,7 @@ finite = number   # the name the benchmarks and older notebooks use
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog='diffusionblocks', description='DiffusionBlocks: block-wise training via diffusion interpretation.')
     sub = p.add_subparsers(dest='command', required=True, parser_class=_Parser)
-    for register in (register_train, register_sample, register_eval, register_classify, register_merge, _reproduce.register, register_presets, register_partition, bench.register):
+    for register in (register_train, register_sample, register_eval, register_classify, register_merge, register_reproduce, register_presets, register_partition, bench.register):
         register(sub)
     for task in load_tasks().values():
         for name, cmd in task.commands.items(): register_command(sub, name, cmd)
@@ -303,7 +304,25 @@ def _run_command(a, name:str, cmd):
     d = {k: ([_value(x) for x in v] if isinstance(v, list) else _value(v) if k not in getattr(cmd.args, 'POSITIONAL', ()) and k != 'out' else v) for k, v in d.items()}
     print(cmd.run(cmd.args.from_dict(d, f'{name} command'), runs))
 
-# %% ../nbs/23_cli.ipynb #fbcd22ad
+# %% ../nbs/23_cli.ipynb #5d6afc0c
+def register_reproduce(sub):
+    p = sub.add_parser('reproduce', help="run a paper table's arms and write paper vs ours (table.json, table.md, table.png)")
+    p.add_argument('table', help="the paper's table (1, 2, 6, 7, 10, ...)")
+    p.add_argument('--scale', default='cpu', help="cpu | gpu-short | paper (default cpu: minutes on 2 CPU cores)")
+    p.add_argument('--seeds', default='1', help='seeds per arm (default 1)')
+    p.add_argument('--out', help='output folder (default runs/reproduce-<table>-<scale>)')
+    p.add_argument('--device', help='cpu, cuda or cuda:N (default: cuda when available)')
+    p.add_argument('--arm', action='append', help='run only this arm (repeatable); the table is written with the finished arms')
+    p.add_argument('--baseline-iterations', help="every arm's baseline budget in optimizer steps (a quick check; default the scale's)")
+    p.add_argument('--iterations', help=argparse.SUPPRESS)                                   # deprecated alias
+    p.add_argument('--processes', default='1', help='fresh arms run as this many processes at a time (default 1)')
+    p.set_defaults(run=run_reproduce)
+
+def run_reproduce(a):
+    its = deprecated(a, 'iterations', 'baseline_iterations', 'reproduce')
+    print(_reproduce.run_command(a.table, a.scale, a.seeds, a.out, a.device, a.arm, its, a.processes))
+
+# %% ../nbs/23_cli.ipynb #6d09a8bf
 def register_presets(sub):
     p = sub.add_parser('presets', help='list the presets: name, task, scale, description')
     p.add_argument('--json', action='store_true', help='one JSON list of objects with name, task, scale, description')
@@ -315,7 +334,7 @@ def run_presets(a):
     w = max(len(r['name']) for r in rows); t = max(len(r['task']) for r in rows)
     for r in rows: print(f"{r['name']:<{w}}  {r['task']:<{t}}  {r['scale']:<3}  {r['description']}")
 
-# %% ../nbs/23_cli.ipynb #c28a1d58
+# %% ../nbs/23_cli.ipynb #d8b68175
 def register_merge(sub):
     p = sub.add_parser('merge', help='assemble one run from runs that trained disjoint subsets of the blocks of one configuration')
     p.add_argument('runs', nargs='+', metavar='RUN', help='run directories')
@@ -329,7 +348,7 @@ def run_merge(a):
     d = merge_runs(a.runs, out, shared_from=a.shared_from)
     print(f"merged {len(a.runs)} runs into {out} (checkpoint {d.name}); evaluate it with: diffusionblocks train --resume {out}")
 
-# %% ../nbs/23_cli.ipynb #8fe1d96f
+# %% ../nbs/23_cli.ipynb #e710243c
 def register_partition(sub):
     p = sub.add_parser('partition', help='print the noise partition of B blocks')
     p.add_argument('--blocks', type=number(int, 1, 1024), required=True, help='number of blocks B (1 to 1024)')
@@ -352,5 +371,5 @@ def run_partition(a):
     print(f'{"block":>5}  {"sigma_hi":>9}  {"sigma_lo":>9}  {"train_hi":>9}  {"train_lo":>9}  {"mass":>7}')
     for r in rows: print(f'{r["index"]:>5}  {r["sigma_hi"]:>9.4g}  {r["sigma_lo"]:>9.4g}  {r["train_hi"]:>9.4g}  {r["train_lo"]:>9.4g}  {r["mass"]:>7.4f}')
 
-# %% ../nbs/23_cli.ipynb #d73373eb
+# %% ../nbs/23_cli.ipynb #56cffdf2
 if __name__ == '__main__': sys.exit(main())
