@@ -7,8 +7,8 @@ import diffusionblocks
 
 PKG = Path(diffusionblocks.__file__).parent
 LAYERS = [{'errors'},
-          {'theory', 'noise', 'flow', 'partition', 'layers', 'blocks', 'sampling'},                  # the core
-          {'checkpoint', 'train', 'parallel', 'data', 'tokens', 'fid', 'lm_metrics', 'latents'},                                 # engine, data, metrics
+          {'theory', 'noise', 'flow', 'partition', 'layers', 'processes', 'blocks', 'sampling'},                  # the core
+          {'engine', 'residency', 'checkpoint', 'train', 'parallel', 'data', 'tokens', 'fid', 'lm_metrics', 'latents'},                                 # engine, data, metrics
           {'dit', 'vit', 'baselines', 'profiles', 'mdm', 'ar', 'huginn', 'pdiff', 'pdiff_models', 'lora', 'convert'},                              # architectures
           {'jobs.core', 'jobs.image', 'jobs.classify', 'jobs.text', 'jobs.lm', 'jobs.recurrent', 'jobs.pdiff', 'jobs.convert', 'jobs.reproduce', 'jobs.parallel', 'bench'},                  # the jobs layer
           {'cli'}]
