@@ -6,12 +6,13 @@
 __all__ = ['frechet_distance', 'FeatureNet', 'train_feature_net', 'extract_features', 'accuracy', 'save_feature_net',
            'load_feature_net', 'feature_net_for', 'local_fid', 'inception_fid']
 
-# %% ../nbs/11_fid.ipynb #d22f2cb6
+# %% ../nbs/11_fid.ipynb #5f06e258
 import math
 from pathlib import Path
 import torch, torch.nn as nn, torch.nn.functional as F
 from safetensors.torch import save_file, load_file
 from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
+from .engine import fit
 
 # %% ../nbs/11_fid.ipynb #cbd06927
 def frechet_distance(feats1:torch.Tensor,  # (N1, d) features of set 1
@@ -21,7 +22,7 @@ def frechet_distance(feats1:torch.Tensor,  # (N1, d) features of set 1
     s1, s2 = (fid_features_to_statistics(f.detach().double().cpu()) for f in (feats1, feats2))
     return fid_statistics_to_metric(s1, s2, verbose=False)['frechet_inception_distance']
 
-# %% ../nbs/11_fid.ipynb #017dfba0
+# %% ../nbs/11_fid.ipynb #f5163315
 class FeatureNet(nn.Module):
     "Small CNN classifier whose penultimate activations serve as local-FID features."
     def __init__(self, channels:int=1, num_classes:int=10, width:int=32, feat_dim:int=64):
@@ -41,14 +42,11 @@ def train_feature_net(images, labels, num_classes:int, iterations:int=600, batch
     device = device or images.device
     torch.manual_seed(seed); g = torch.Generator().manual_seed(seed)
     net = FeatureNet(images.shape[1], num_classes, width).to(device)
-    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=iterations)
-    for _ in range(iterations):
+    def loss(_):
         i = torch.randint(0, len(images), (batch_size,), generator=g)
         x = images[i].to(device); x = torch.where(torch.rand(len(x), 1, 1, 1, generator=g).to(device) < 0.5, x, x.flip(-1)) if images.shape[-1] > 8 else x
-        loss = F.cross_entropy(net(x), labels[i].to(device))
-        opt.zero_grad(set_to_none=True); loss.backward(); opt.step(); sched.step()
-    return net.eval()
+        return F.cross_entropy(net(x), labels[i].to(device))
+    return fit(net, loss, iterations, lr, weight_decay=1e-4, scheduler=lambda opt: torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=iterations))[0]
 
 @torch.no_grad()
 def extract_features(net:FeatureNet, images, batch_size:int=512):

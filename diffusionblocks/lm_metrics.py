@@ -6,7 +6,7 @@
 __all__ = ['distinct_n', 'repetition_rate', 'mauve', 'ReferenceLM', 'perplexity', 'LocalReference', 'HFReference', 'train_lm',
            'cached_reference', 'diversity', 'text_metrics']
 
-# %% ../nbs/26_lm_metrics.ipynb #8039a838
+# %% ../nbs/26_lm_metrics.ipynb #fcb6c697
 import hashlib, json, math, re
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -14,6 +14,7 @@ import torch, torch.nn as nn, torch.nn.functional as F
 from .errors import ConfigError, DataError, CheckpointError, NonFiniteLossError, requires
 from .checkpoint import atomic_write
 from .data import data_dir
+from .engine import fit
 
 # %% ../nbs/26_lm_metrics.ipynb #569ea67d
 def _units(s):
@@ -192,7 +193,7 @@ class HFReference(_CausalScorer):
         out = self.model(input_ids=x, attention_mask=mask, output_hidden_states=hidden, return_dict=True)
         return out.hidden_states[-1] if hidden else out.logits
 
-# %% ../nbs/26_lm_metrics.ipynb #19866a92
+# %% ../nbs/26_lm_metrics.ipynb #33618504
 def train_lm(model:nn.Module,      # model(ids (N, T)) -> logits (N, T, V)
              ids,                  # 1-D LongTensor: the training token stream
              seq_len:int,          # context length of the training windows
@@ -212,20 +213,11 @@ def train_lm(model:nn.Module,      # model(ids (N, T)) -> logits (N, T, V)
     if len(ids) < seq_len + 2: raise DataError(f"train_lm: a stream of {len(ids)} tokens is too short for windows of {seq_len} + 1")
     warmup = min(100, iterations // 10) if warmup is None else warmup
     device = torch.device(device) if device is not None else next(model.parameters()).device
-    model.to(device).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: (i + 1) / warmup if i < warmup else 0.5 * (1 + math.cos(math.pi * (i - warmup) / max(1, iterations - warmup))))
     g, offs, ids = torch.Generator().manual_seed(seed), torch.arange(seq_len + 1), ids.long().cpu()
-    with torch.random.fork_rng(devices=[device] if device.type == 'cuda' else []):
-        torch.manual_seed(seed)
-        for it in range(iterations):
-            x = ids[torch.randint(0, len(ids) - seq_len, (batch_size,), generator=g)[:, None] + offs].to(device)
-            logits = model(x[:, :-1])
-            loss = F.cross_entropy(logits.flatten(0, 1).float(), x[:, 1:].flatten())
-            if not torch.isfinite(loss): raise NonFiniteLossError(f"train_lm: loss {loss.item()} at iteration {it}")
-            opt.zero_grad(set_to_none=True); loss.backward()
-            nn.utils.clip_grad_norm_(model.parameters(), 1.); opt.step(); sched.step()
-    return model.eval()
+    def loss(_):
+        x = ids[torch.randint(0, len(ids) - seq_len, (batch_size,), generator=g)[:, None] + offs].to(device)
+        return F.cross_entropy(model(x[:, :-1]).flatten(0, 1).float(), x[:, 1:].flatten())
+    return fit(model, loss, iterations, lr, weight_decay, warmup, seed=seed, device=device, clip=1., name='train_lm', check_finite=True)[0]
 
 # %% ../nbs/26_lm_metrics.ipynb #fe1146c8
 def _fingerprint(ids, train_kw) -> dict:

@@ -6,8 +6,8 @@
 __all__ = ['SCHEDULES', 'RESIDENCIES', 'LR_SCHEDULES', 'PRECISIONS', 'SHARED_MODES', 'SMALL_MODEL', 'DEFAULT_THREADS',
            'RESUME_FREE', 'EXTENDABLE', 'FORMAT', 'TrainConfig', 'scale_budget', 'lr_factor', 'block_budget',
            'BlockSchedule', 'InfiniteSampler', 'BlockStream', 'SeededBatch', 'SeededItems', 'BlockBatchSampler',
-           'default_batch_fn', 'as_dataset', 'Offload', 'BlockwiseModel', 'OffloadStore', 'check_protocol',
-           'cpu_threads', 'default_device', 'Trainer', 'ema_decay', 'check_config']
+           'default_batch_fn', 'as_dataset', 'BlockwiseModel', 'check_protocol', 'cpu_threads', 'default_device',
+           'Trainer', 'ema_decay', 'check_config']
 
 # %% ../nbs/08_train.ipynb #71c701a6
 import math, time, json, bisect, hashlib, warnings, dataclasses, itertools
@@ -240,28 +240,8 @@ def as_dataset(data):
     if hasattr(data, '__getitem__') and hasattr(data, '__len__'): return data
     raise TypeError(f"data must be a map-style dataset or tensors, got {type(data).__name__}")
 
-# %% ../nbs/08_train.ipynb #fb30a167
-class Offload:
-    "Host-memory home of inactive blocks: one persistent buffer per tensor (pinned with CUDA), copies to/from the device."
-    def __init__(self,
-                 device,          # the compute device
-                 pin:bool=None,   # pin host buffers (default: when CUDA is available)
-                ):
-        self.device, self.pin = torch.device(device), torch.cuda.is_available() if pin is None else pin
-        self.host = {}            # key -> host buffer
-    def down(self, key:str, t):
-        "Copy t into its host buffer (allocated on first use) and return the buffer."
-        h = self.host.get(key)
-        if h is None or h.shape != t.shape or h.dtype != t.dtype:
-            h = self.host[key] = torch.empty(t.shape, dtype=t.dtype, pin_memory=self.pin)
-        if h.data_ptr() != t.data_ptr(): h.copy_(t, non_blocking=self.pin)
-        return h
-    def up(self, key:str, h):
-        "A fresh copy of a host buffer on the compute device."
-        return h.to(self.device, non_blocking=self.pin, copy=True)
-    def offloaded(self, key:str, t) -> bool:
-        "Is t (still) the host buffer of `key`?"
-        h = self.host.get(key); return h is not None and h.data_ptr() == t.data_ptr()
+# %% ../nbs/08_train.ipynb #ed08ede6
+from .residency import OffloadStore, Offload
 
 # %% ../nbs/08_train.ipynb #b04b84b8
 @runtime_checkable
@@ -276,13 +256,6 @@ class BlockwiseModel(Protocol):
     def loss(self, k:int, y, generator=None, **cond) -> tuple: ...
     def fingerprint(self) -> dict: ...
     def set_checkpointing(self, on:bool=True): ...
-
-@runtime_checkable
-class OffloadStore(Protocol):
-    "Where residency='active' parks the inactive blocks' tensors: host memory (`Offload`), disk (`bench.DiskOffload`), ..."
-    def down(self, key:str, t) -> torch.Tensor: ...     # park t under key; returns what stays in its place
-    def up(self, key:str, h) -> torch.Tensor: ...       # the parked tensor back on the compute device
-    def offloaded(self, key:str, t) -> bool: ...        # is t the parked placeholder/buffer of key?
 
 def _members(proto) -> list:
     return [n for n in [*getattr(proto, '__annotations__', {}), *vars(proto)] if not n.startswith('_')]

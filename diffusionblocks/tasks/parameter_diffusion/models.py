@@ -6,7 +6,7 @@
 __all__ = ['ParamAutoencoder', 'train_autoencoder', 'ddpm_schedule', 'EpsUNet1d', 'DDPM', 'ddpm_sample', 'LatentTokenAdapter',
            'latent_blocks', 'edm_sample']
 
-# %% ../../../nbs/31_pdiff_models.ipynb #d58e36e4
+# %% ../../../nbs/31_pdiff_models.ipynb #17f42477
 import math
 import torch, torch.nn as nn, torch.nn.functional as F
 from ...errors import ConfigError, DataError
@@ -15,7 +15,7 @@ from ...partition import Partition
 from ...layers import SigmaEmbedder, AdaLNZeroLayer, ModulatedOutput, timestep_embedding
 from ...blocks import TaskAdapter, DiffusionBlocks
 from ...sampling import sample_euler
-from ...engine import EngineModel
+from ...engine import EngineModel, fit
 
 # %% ../../../nbs/31_pdiff_models.ipynb #bee03c6d
 class ParamAutoencoder(nn.Module):
@@ -64,7 +64,7 @@ class ParamAutoencoder(nn.Module):
         noise = lambda t, s: t + s * torch.randn(t.shape, generator=generator, device=t.device, dtype=t.dtype) if s else t
         return F.mse_loss(self.decode(noise(self.encode(noise(x, self.input_noise)), self.latent_noise)), x)
 
-# %% ../../../nbs/31_pdiff_models.ipynb #f11f5d7c
+# %% ../../../nbs/31_pdiff_models.ipynb #771be9fe
 def train_autoencoder(ae:ParamAutoencoder, # the autoencoder (trained in place)
                       X:torch.Tensor,      # (K, D) training vectors (standardised checkpoints)
                       iterations:int=1000, # optimizer steps
@@ -78,17 +78,12 @@ def train_autoencoder(ae:ParamAutoencoder, # the autoencoder (trained in place)
     if X.ndim != 2 or X.shape[1] != ae.dim: raise DataError(f"X must have shape (K, {ae.dim}), got {tuple(X.shape)}")
     if not (isinstance(iterations, int) and iterations >= 1 and isinstance(batch_size, int) and batch_size >= 1): raise ConfigError(f"iterations and batch_size must be integers >= 1, got {iterations!r}, {batch_size!r}")
     device = torch.device(device) if device is not None else X.device
-    ae.to(device).train()
+    ae.to(device)
     X = X.to(device, torch.float32)
     g = torch.Generator(device).manual_seed(seed)
-    opt = torch.optim.AdamW(ae.parameters(), lr=lr, weight_decay=weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 0.5 * (1 + math.cos(math.pi * i / iterations)))
     bs = min(batch_size, X.shape[0])
-    for _ in range(iterations):
-        idx = torch.randperm(X.shape[0], generator=g, device=device)[:bs]
-        loss = ae.loss(X[idx], g)
-        opt.zero_grad(set_to_none=True); loss.backward(); opt.step(); sched.step()
-    return ae.eval()
+    def loss(_): return ae.loss(X[torch.randperm(X.shape[0], generator=g, device=device)[:bs]], g)
+    return fit(ae, loss, iterations, lr, weight_decay, device=device)[0]
 
 # %% ../../../nbs/31_pdiff_models.ipynb #5ac173f9
 def ddpm_schedule(T:int=1000,              # diffusion steps

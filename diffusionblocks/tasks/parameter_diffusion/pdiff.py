@@ -7,12 +7,13 @@ __all__ = ['SmallCNN', 'BasicBlock', 'ResNetSmall', 'norm_subset', 'subset_shape
            'train_classifier', 'collect_checkpoints', 'evaluate_params', 'wrong_iou', 'novelty', 'noise_controls',
            'average_controls', 'gaussian_controls', 'weight_average', 'accuracy_novelty_plot']
 
-# %% ../../../nbs/30_pdiff.ipynb #6f1f4931
+# %% ../../../nbs/30_pdiff.ipynb #424ec1fa
 import copy, math
 from collections.abc import Sequence
 import torch, torch.nn as nn, torch.nn.functional as F
 from ...errors import ConfigError, DataError
 from ...train import default_device
+from ...engine import fit
 
 # %% ../../../nbs/30_pdiff.ipynb #10b5d1d5
 def _conv_bn(cin, cout, stride=1):
@@ -154,7 +155,7 @@ class Standardizer:
     def from_state_dict(cls, d:dict) -> 'Standardizer': return cls(d['names'], d['shapes'], d['mean'], d['std'], d['pre_mean'])
     def __repr__(self): return f"Standardizer({len(self.names)} tensors, D={self.dim})"
 
-# %% ../../../nbs/30_pdiff.ipynb #fb38feb8
+# %% ../../../nbs/30_pdiff.ipynb #59a0021e
 def _arrays(data, device):
     "(images, labels) tensors on `device` from an ImageData or an (images, labels) pair."
     x, y = (data.images, data.labels) if hasattr(data, 'images') else data
@@ -180,15 +181,9 @@ def train_classifier(model:nn.Module,      # the classifier (trained in place)
     if iterations < 1 or batch_size < 1 or lr <= 0: raise ConfigError(f"iterations={iterations}, batch_size={batch_size}, lr={lr} must be positive")
     device = default_device(device)
     x, y = _arrays(data, device)
-    model.to(device).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / iterations)))
     batches = _batch_indices(len(y), batch_size, torch.Generator().manual_seed(seed))
-    for _ in range(iterations):
-        i = next(batches).to(device)
-        loss = F.cross_entropy(model(x[i]), y[i])
-        opt.zero_grad(set_to_none=True); loss.backward(); opt.step(); sched.step()
-    return model.eval()
+    def loss(_): i = next(batches).to(device); return F.cross_entropy(model(x[i]), y[i])
+    return fit(model, loss, iterations, lr, weight_decay, device=device)[0]
 
 def collect_checkpoints(model:nn.Module,         # the trained classifier (not modified)
                         train,                   # an ImageData or (images, labels): the collection data
