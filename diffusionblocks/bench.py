@@ -4,10 +4,10 @@
 
 # %% auto #0
 __all__ = ['LiveTensorBytes', 'live_tensors', 'bench_models', 'measure', 'run_spec', 'bench_rows', 'add_model_column',
-           'bench_sample', 'plot_rows', 'check_args', 'register', 'bench_threads', 'thread_table', 'bench_residency',
+           'bench_sample', 'plot_rows', 'check_args', 'run_command', 'bench_threads', 'thread_table', 'bench_residency',
            'bench_scaling', 'scaling_table', 'plot_scaling']
 
-# %% ../nbs/13_bench.ipynb #d47092a4
+# %% ../nbs/13_bench.ipynb #e8a06a77
 import os, sys, gc, json, math, time, resource, subprocess, tempfile, dataclasses
 from pathlib import Path
 import torch
@@ -16,7 +16,7 @@ from torch.utils._pytree import tree_flatten
 from torch.multiprocessing.reductions import StorageWeakRef
 from safetensors.torch import save_file, load_file
 from .errors import ConfigError
-from .tasks import load_tasks
+from .tasks import load_tasks, PRESETS
 from .train import Trainer, TrainConfig, OffloadStore
 
 # %% ../nbs/13_bench.ipynb #c1de2e21
@@ -162,7 +162,7 @@ def bench_sample(model='dit-s2', blocks=(1, 2, 3, 4, 6), device='cpu', n=16, sam
     for r in rows: r['speedup'] = None if base is None else r['images_per_second'] / base['images_per_second']
     return rows
 
-# %% ../nbs/13_bench.ipynb #743d9d74
+# %% ../nbs/13_bench.ipynb #9dc5a533
 def plot_rows(rows, path, title=''):
     "Peak memory and step time against B (one line per residency/schedule), as a PNG."
     import matplotlib; matplotlib.use('Agg'); import matplotlib.pyplot as plt
@@ -227,7 +227,8 @@ def _run_bench(a):
 def _run_scaling(a):
     if any(k < 1 for k in a.procs): raise ConfigError(f"--procs must be >= 1, got {a.procs}")
     if len(a.blocks) != 1 or a.blocks[0] < 1: raise ConfigError(f"bench scaling takes one --blocks B, got {a.blocks}")
-    if a.iterations < 1: raise ConfigError(f"--iterations must be >= 1, got {a.iterations}")
+    if a.iterations < 1: raise ConfigError(f"--baseline-iterations must be >= 1, got {a.iterations}")
+    if a.config not in PRESETS: raise ConfigError(f"unknown preset {a.config!r}; `diffusionblocks presets` lists them")
     if a.device == 'cuda' and max(a.procs) > torch.cuda.device_count(): raise ConfigError(f"--procs {max(a.procs)} on CUDA needs one GPU per rank; this machine has {torch.cuda.device_count()}")
     _writable_dir(a.out)
     rows = bench_scaling(a.procs, a.config, a.blocks[0], a.iterations, a.device)
@@ -236,37 +237,20 @@ def _run_scaling(a):
     stem.with_suffix('.json').write_text(json.dumps(out, indent=1)); plot_scaling(rows, stem.with_suffix('.png'), f"{a.config}, B = {a.blocks[0]}, {a.device}")
     print(json.dumps(out) if a.json else scaling_table(rows) + f"\nwrote {stem.with_suffix('.json')} and {stem.with_suffix('.png')}")
 
-def register(sub):
-    "Add the `bench` subcommand to an argparse subparsers object (the CLI imports this explicitly)."
-    import argparse
-    p = sub.add_parser('bench', help='memory, training-speed and sampling-speed benchmarks (JSON + plot)')
-    p.add_argument('what', choices=['memory', 'speed', 'sample', 'scaling'])
-    p.add_argument('--procs', type=int, nargs='+', default=[1, 2], help='scaling: numbers of torchrun ranks K to time')
-    p.add_argument('--config', default='digits', help='scaling: preset of the block-wise job')
-    p.add_argument('--iterations', type=int, default=100, help="scaling: the job's baseline budget")
-    p.add_argument('--model', default='dit-s2', help="a benchmark model of a task (dit-s2: the 12-layer DiT-S/2 at 32x32 reference; `bench models` lists them)")
-    p.add_argument('--blocks', type=int, nargs='+', default=None, help='values of B (each divides the depth; default 1 2 3 4 6); scaling: one B (default 2)')
-    p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu', choices=['cpu', 'cuda'])
-    p.add_argument('--batch-size', type=int, default=None, help='training batch (default 8 on CPU, 128 on CUDA); images for sample')
-    p.add_argument('--timed-steps', type=int, default=None, help='measured training steps of memory/speed (default 3 CPU / 20 CUDA)')
-    p.add_argument('--sample-steps', type=int, default=None, help='Euler steps of `bench sample` (default 50)')
-    p.add_argument('--steps', type=int, default=None, help=argparse.SUPPRESS)    # deprecated alias of the two above
-    p.add_argument('--checkpointing', action='store_true', help='also measure with activation checkpointing')
-    p.add_argument('--out', default='runs/bench'); p.add_argument('--json', action='store_true', help='print one JSON object')
-    def run(a):
-        if a.blocks is None: a.blocks = [2] if a.what == 'scaling' else [1, 2, 3, 4, 6]
-        if a.what == 'scaling': return _run_scaling(a)
-        cuda = a.device == 'cuda'
-        if a.steps is not None:
-            new = '--sample-steps' if a.what == 'sample' else '--timed-steps'
-            print(f'diffusionblocks: warning: bench --steps is deprecated, use {new}', file=sys.stderr)
-            if getattr(a, new[2:].replace('-', '_')) not in (None, a.steps): raise ConfigError(f"give {new} or its deprecated alias --steps, not both")
-            setattr(a, new[2:].replace('-', '_'), a.steps)
-        if a.batch_size is None: a.batch_size = (128 if cuda else 8) if a.what != 'sample' else (256 if cuda else 16)
-        if a.timed_steps is None: a.timed_steps = 20 if cuda else 3
-        if a.sample_steps is None: a.sample_steps = 50
-        return _run_bench(a)
-    p.set_defaults(run=run)
+def run_command(a):
+    "The `bench` command on parsed arguments (the CLI's parser, `23_cli`): defaults by device, every value checked before any work."
+    if a.blocks is None: a.blocks = [2] if a.what == 'scaling' else [1, 2, 3, 4, 6]
+    if a.what == 'scaling': return _run_scaling(a)
+    cuda = a.device == 'cuda'
+    if a.steps is not None:
+        new = '--sample-steps' if a.what == 'sample' else '--timed-steps'
+        print(f'diffusionblocks: warning: bench --steps is deprecated, use {new}', file=sys.stderr)
+        if getattr(a, new[2:].replace('-', '_')) not in (None, a.steps): raise ConfigError(f"give {new} or its deprecated alias --steps, not both")
+        setattr(a, new[2:].replace('-', '_'), a.steps)
+    if a.batch_size is None: a.batch_size = (128 if cuda else 8) if a.what != 'sample' else (256 if cuda else 16)
+    if a.timed_steps is None: a.timed_steps = 20 if cuda else 3
+    if a.sample_steps is None: a.sample_steps = 50
+    return _run_bench(a)
 
 # %% ../nbs/13_bench.ipynb #01961aed
 _THREAD_WORKER = """

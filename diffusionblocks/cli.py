@@ -6,8 +6,8 @@
 __all__ = ['finite', 'CliError', 'number', 'build_parser', 'one_line_warning', 'main', 'option_flags', 'add_option_flags',
            'given_options', 'register_train', 'deprecated', 'parse_options', 'run_train', 'register_sample',
            'run_sample', 'register_eval', 'run_eval', 'register_classify', 'run_classify', 'register_command',
-           'register_reproduce', 'run_reproduce', 'register_presets', 'run_presets', 'register_merge', 'run_merge',
-           'register_partition', 'run_partition']
+           'register_reproduce', 'run_reproduce', 'register_bench', 'run_bench', 'register_presets', 'run_presets',
+           'register_merge', 'run_merge', 'register_partition', 'run_partition']
 
 # %% ../nbs/23_cli.ipynb #f42434e0
 import sys, json, math, argparse, warnings
@@ -24,7 +24,7 @@ from .parallel import merge_runs
 from .jobs import reproduce as _reproduce
 from . import bench
 
-# %% ../nbs/23_cli.ipynb #02151ee9
+# %% ../nbs/23_cli.ipynb #6339f76f
 class CliError(ConfigError): "A bad command-line value."
 
 class _Parser(argparse.ArgumentParser):
@@ -50,7 +50,7 @@ finite = number   # the name the benchmarks and older notebooks use
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog='diffusionblocks', description='DiffusionBlocks: block-wise training via diffusion interpretation.')
     sub = p.add_subparsers(dest='command', required=True, parser_class=_Parser)
-    for register in (register_train, register_sample, register_eval, register_classify, register_merge, register_reproduce, register_presets, register_partition, bench.register):
+    for register in (register_train, register_sample, register_eval, register_classify, register_merge, register_reproduce, register_presets, register_partition, register_bench):
         register(sub)
     for task in load_tasks().values():
         for name, cmd in task.commands.items(): register_command(sub, name, cmd)
@@ -322,7 +322,32 @@ def run_reproduce(a):
     its = deprecated(a, 'iterations', 'baseline_iterations', 'reproduce')
     print(_reproduce.run_command(a.table, a.scale, a.seeds, a.out, a.device, a.arm, its, a.processes))
 
-# %% ../nbs/23_cli.ipynb #6d09a8bf
+# %% ../nbs/23_cli.ipynb #33932c0d
+def register_bench(sub):
+    p = sub.add_parser('bench', help='memory, training-speed, sampling-speed and scaling benchmarks (JSON + plot)')
+    p.add_argument('what', choices=['memory', 'speed', 'sample', 'scaling'])
+    p.add_argument('--procs', type=number(int, 1, 1024), nargs='+', default=[1, 2], help='scaling: numbers of torchrun ranks K to time')
+    p.add_argument('--config', default='digits', help='scaling: preset of the block-wise job')
+    p.add_argument('--baseline-iterations', dest='iterations', type=number(int, 1, 10**7), default=100, help="scaling: the job's baseline budget")
+    p.add_argument('--iterations', dest='iterations', type=number(int, 1, 10**7), help=argparse.SUPPRESS)   # the older spelling
+    p.add_argument('--model', default='dit-s2', help="a benchmark model of a task, e.g. dit-s2 (the 12-layer DiT-S/2 at 32x32 reference), dit-tiny, mdm-small, ar-small, ar-small-plain")
+    p.add_argument('--blocks', type=number(int, 1, 1024), nargs='+', default=None, help='values of B (each divides the depth; default 1 2 3 4 6); scaling: one B (default 2)')
+    p.add_argument('--device', default=None, choices=['cpu', 'cuda'], help='default: cuda when available')
+    p.add_argument('--batch-size', type=number(int, 1, 65536), default=None, help='training batch (default 8 on CPU, 128 on CUDA); images for sample')
+    p.add_argument('--timed-steps', type=number(int, 1, 10_000), default=None, help='measured training steps of memory/speed (default 3 CPU / 20 CUDA)')
+    p.add_argument('--sample-steps', type=number(int, 1, 100_000), default=None, help='Euler steps of `bench sample` (default 50)')
+    p.add_argument('--steps', type=int, default=None, help=argparse.SUPPRESS)    # deprecated alias of the two above
+    p.add_argument('--checkpointing', action='store_true', help='also measure with activation checkpointing')
+    p.add_argument('--out', default='runs/bench'); p.add_argument('--json', action='store_true', help='print one JSON object')
+    p.set_defaults(run=run_bench)
+
+def run_bench(a):
+    if a.device is None:
+        import torch
+        a.device = 'cuda' if torch.cuda.is_available() else 'cpu'
+    return bench.run_command(a)
+
+# %% ../nbs/23_cli.ipynb #816ceb83
 def register_presets(sub):
     p = sub.add_parser('presets', help='list the presets: name, task, scale, description')
     p.add_argument('--json', action='store_true', help='one JSON list of objects with name, task, scale, description')
@@ -334,7 +359,7 @@ def run_presets(a):
     w = max(len(r['name']) for r in rows); t = max(len(r['task']) for r in rows)
     for r in rows: print(f"{r['name']:<{w}}  {r['task']:<{t}}  {r['scale']:<3}  {r['description']}")
 
-# %% ../nbs/23_cli.ipynb #d8b68175
+# %% ../nbs/23_cli.ipynb #b6d76d81
 def register_merge(sub):
     p = sub.add_parser('merge', help='assemble one run from runs that trained disjoint subsets of the blocks of one configuration')
     p.add_argument('runs', nargs='+', metavar='RUN', help='run directories')
@@ -348,7 +373,7 @@ def run_merge(a):
     d = merge_runs(a.runs, out, shared_from=a.shared_from)
     print(f"merged {len(a.runs)} runs into {out} (checkpoint {d.name}); evaluate it with: diffusionblocks train --resume {out}")
 
-# %% ../nbs/23_cli.ipynb #e710243c
+# %% ../nbs/23_cli.ipynb #2676fc70
 def register_partition(sub):
     p = sub.add_parser('partition', help='print the noise partition of B blocks')
     p.add_argument('--blocks', type=number(int, 1, 1024), required=True, help='number of blocks B (1 to 1024)')
@@ -371,5 +396,5 @@ def run_partition(a):
     print(f'{"block":>5}  {"sigma_hi":>9}  {"sigma_lo":>9}  {"train_hi":>9}  {"train_lo":>9}  {"mass":>7}')
     for r in rows: print(f'{r["index"]:>5}  {r["sigma_hi"]:>9.4g}  {r["sigma_lo"]:>9.4g}  {r["train_hi"]:>9.4g}  {r["train_lo"]:>9.4g}  {r["mass"]:>7.4f}')
 
-# %% ../nbs/23_cli.ipynb #56cffdf2
+# %% ../nbs/23_cli.ipynb #d5c17eec
 if __name__ == '__main__': sys.exit(main())
