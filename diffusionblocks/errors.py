@@ -4,10 +4,10 @@
 
 # %% auto #0
 __all__ = ['DiffusionBlocksError', 'ConfigError', 'DataError', 'CheckpointError', 'RunInUseError', 'NonFiniteLossError',
-           'MissingDependencyError', 'requires']
+           'MissingDependencyError', 'requires', 'config_from']
 
-# %% ../nbs/00a_errors.ipynb #b3b2c875
-import math
+# %% ../nbs/00a_errors.ipynb #16d5cf13
+import math, dataclasses
 
 # %% ../nbs/00a_errors.ipynb #f118faf3
 class DiffusionBlocksError(Exception):
@@ -43,3 +43,21 @@ def requires(module:str,       # the import name, e.g. 'diffusers'
     except ImportError as e:
         if getattr(e, 'name', None) not in (None, module, module.split('.')[0]): raise   # a broken install: keep the traceback
         raise MissingDependencyError(f"{feature + ' needs' if feature else 'needs'} the {package or module} package: pip install {package or module}") from None
+
+# %% ../nbs/00a_errors.ipynb #dd5891bb
+def config_from(spec,            # a registry name, a dict of `cls` fields, or a `cls`
+                registry:dict,   # name -> cls instance
+                cls:type,        # the config class (a dataclass)
+                what:str,        # what a config is called in messages, e.g. 'autoregressive model'
+                hint:str=None,   # what else may be given, for the message (default: the dataclass's fields)
+               ):
+    "A `cls` config from a registry name, a dict of its fields, or a `cls`; one-line ConfigError on an unknown name or field."
+    if isinstance(spec, cls): return spec
+    fields = [f.name for f in dataclasses.fields(cls)] if dataclasses.is_dataclass(cls) else None
+    if isinstance(spec, dict):
+        bad = [k for k in spec if fields is not None and k not in fields]
+        if bad: raise ConfigError(f"unknown {what} field {bad[0]!r}; fields: {', '.join(fields)}")
+        try: return cls(**spec)
+        except TypeError as e: raise ConfigError(f"{what}: {e}") from None
+    if isinstance(spec, str) and spec in registry: return registry[spec]
+    raise ConfigError(f"unknown {what} {spec!r}; choose one of {', '.join(registry)} or give {hint or '/'.join(fields or ['its fields'])}")

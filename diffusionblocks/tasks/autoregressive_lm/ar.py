@@ -6,11 +6,11 @@
 __all__ = ['AR_MODELS', 'two_stream_mask', 'block_causal_mask', 'ARConfig', 'ar_config', 'CausalLM', 'NextTokenLM', 'ARAdapter',
            'ar_blocks', 'block_pass', 'brute_force_denoise', 'decode_blocks', 'sample_next_token']
 
-# %% ../../../nbs/25_ar.ipynb #b333a96a
+# %% ../../../nbs/25_ar.ipynb #cfa3a309
 import math, time, dataclasses
 from dataclasses import dataclass
 import torch, torch.nn as nn, torch.nn.functional as F
-from ...errors import ConfigError
+from ...errors import ConfigError, config_from
 from ...noise import EDMConfig, c_skip, c_out, c_in, c_noise
 from ...partition import Partition
 from ...layers import SigmaEmbedder, ModulatedOutput, LayerCache, LlamaLayer, swiglu_width
@@ -39,7 +39,7 @@ def block_causal_mask(T:int) -> torch.Tensor:  # (2T, 2T) bool
     p = torch.arange(T)
     return two_stream_mask(p, p, p)
 
-# %% ../../../nbs/25_ar.ipynb #0b3f1a01
+# %% ../../../nbs/25_ar.ipynb #15f436fe
 @dataclass(frozen=True)
 class ARConfig:
     "One autoregressive transformer: depth L, width d, heads; the token-embedding width d_e and the conditioning width d_c."
@@ -66,10 +66,7 @@ AR_MODELS = {'ar-llama-12': ARConfig(12, 768, 12),    # the paper's: 12 Llama-2 
 
 def ar_config(config) -> ARConfig:
     "An ARConfig from an `AR_MODELS` name, a dict of fields, or an ARConfig."
-    if isinstance(config, ARConfig): return config
-    if isinstance(config, dict): return ARConfig(**config)
-    if config not in AR_MODELS: raise ConfigError(f"unknown autoregressive model {config!r}; choose one of {', '.join(AR_MODELS)} or give depth/hidden/heads")
-    return AR_MODELS[config]
+    return config_from(config, AR_MODELS, ARConfig, 'autoregressive model', 'depth/hidden/heads')
 
 # %% ../../../nbs/25_ar.ipynb #83cefebf
 class CausalLM(nn.Module):

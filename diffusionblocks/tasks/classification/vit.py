@@ -7,11 +7,11 @@ __all__ = ['VIT_CONFIGS', 'BLOCK0_SIGMA', 'ViTConfig', 'vit_config', 'ViTLayer',
            'CoverPartition', 'vit_blocks', 'train_quantile', 'classify', 'block_accuracy', 'expected_calibration_error',
            'evaluate_classifier', 'Supervised']
 
-# %% ../../../nbs/15_vit.ipynb #7a09f0f4
+# %% ../../../nbs/15_vit.ipynb #cf8ca328
 import math, dataclasses, warnings
 from dataclasses import dataclass
 import torch, torch.nn as nn, torch.nn.functional as F
-from ...errors import ConfigError
+from ...errors import ConfigError, config_from
 from ...noise import EDMConfig
 from ...partition import Partition, HigherTiePartition
 from ...layers import SigmaEmbedder, Attention, Mlp
@@ -20,7 +20,7 @@ from ...sampling import sample_euler, capped_denoiser
 from .profiles import Profile, get_profile
 from ...engine import EngineModel
 
-# %% ../../../nbs/15_vit.ipynb #8f8cc653
+# %% ../../../nbs/15_vit.ipynb #9a2d865d
 @dataclass(frozen=True)
 class ViTConfig:
     "One ViT size; validated on construction (one-line ValueError naming the field)."
@@ -55,10 +55,7 @@ VIT_CONFIGS = {
 
 def vit_config(name) -> ViTConfig:
     "A ViTConfig from a `VIT_CONFIGS` key, a dict of fields, or a ViTConfig."
-    if isinstance(name, ViTConfig): return name
-    if isinstance(name, dict): return ViTConfig(**name)
-    if name not in VIT_CONFIGS: raise ConfigError(f"unknown ViT config {name!r}; known: {', '.join(VIT_CONFIGS)}")
-    return VIT_CONFIGS[name]
+    return config_from(name, VIT_CONFIGS, ViTConfig, 'ViT config')
 
 # %% ../../../nbs/15_vit.ipynb #979a5d1d
 def _hf_init(module, std=0.02):

@@ -6,17 +6,17 @@
 __all__ = ['MDM_MODELS', 'RotaryLayer', 'MDMAdapter', 'MDMConfig', 'mdm_config', 'mdm_blocks', 'elbo_bpc', 'UnigramDenoiser',
            'sample_tokens']
 
-# %% ../../../nbs/19_mdm.ipynb #1247e87b
+# %% ../../../nbs/19_mdm.ipynb #e2e2faa8
 import math
 from dataclasses import dataclass
 import torch, torch.nn as nn, torch.nn.functional as F
-from ...errors import ConfigError
+from ...errors import ConfigError, config_from
 from ...partition import MaskPartition
 from ...layers import SigmaEmbedder, AdaLNZeroLayer, ModulatedOutput, RotaryAttention
 from ...blocks import TaskAdapter, DiffusionBlocks
 from ...processes import MaskedDiffusion, mask_tokens, subs_log_probs
 
-# %% ../../../nbs/19_mdm.ipynb #58edf12b
+# %% ../../../nbs/19_mdm.ipynb #4950321b
 class RotaryLayer(AdaLNZeroLayer):
     "The AdaLN-Zero transformer layer with rotary attention (identity at initialisation, like its parent)."
     def __init__(self, dim:int, heads:int, cond_dim:int, mlp_dim:int=None, dropout:float=0., qkv_bias:bool=True):
@@ -62,10 +62,7 @@ MDM_MODELS = {'md4-text8': MDMConfig(12, 768, 12),     # the paper's (SEDD/MDLM 
 
 def mdm_config(config) -> MDMConfig:
     "An MDMConfig from a registry name, a dict of fields, or an MDMConfig."
-    if isinstance(config, MDMConfig): return config
-    if isinstance(config, dict): return MDMConfig(**config)
-    if config not in MDM_MODELS: raise ConfigError(f"unknown masked-diffusion model {config!r}; choose one of {', '.join(MDM_MODELS)} or give depth/hidden/heads")
-    return MDM_MODELS[config]
+    return config_from(config, MDM_MODELS, MDMConfig, 'masked-diffusion model', 'depth/hidden/heads')
 
 def mdm_blocks(config='mdm-small',       # an MDM_MODELS name, a dict of MDMConfig fields, or an MDMConfig
                vocab_size:int=27,         # V (text8: 27)

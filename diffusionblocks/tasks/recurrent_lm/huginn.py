@@ -7,12 +7,12 @@ __all__ = ['HUGINN_MODELS', 'HuginnConfig', 'huginn_config', 'sample_depth', 'ru
            'HuginnTrainer', 'HuginnAdapter', 'huginn_blocks', 'batch_next_token', 'new_caches', 'decode_recurrent',
            'step_flops', 'train_flops']
 
-# %% ../../../nbs/28_huginn.ipynb #92efabd3
+# %% ../../../nbs/28_huginn.ipynb #a23d916b
 import math, dataclasses
 from dataclasses import dataclass
 import torch, torch.nn as nn, torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
-from ...errors import ConfigError
+from ...errors import ConfigError, config_from
 from ...noise import EDMConfig, c_skip, c_out, c_in, c_noise
 from ...partition import Partition
 from ...layers import SigmaEmbedder, ModulatedOutput, LlamaLayer, LayerCache, swiglu_width
@@ -21,7 +21,7 @@ from ...processes import TokenNoise, per_position
 from ...engine import EngineModel
 from ...sampling import euler_step, top_p_sample, decode_cap
 
-# %% ../../../nbs/28_huginn.ipynb #f73f131c
+# %% ../../../nbs/28_huginn.ipynb #4db4d566
 @dataclass(frozen=True)
 class HuginnConfig:
     "A recurrent-depth transformer: width, heads, prelude / core / coda depths, and Huginn's depth sampler (r̄, k, σ)."
@@ -51,10 +51,7 @@ HUGINN_MODELS = {'huginn-lm1b': HuginnConfig(512, 8),        # the paper's (App.
 
 def huginn_config(config) -> HuginnConfig:
     "A HuginnConfig from a `HUGINN_MODELS` name, a dict of fields, or a HuginnConfig."
-    if isinstance(config, HuginnConfig): return config
-    if isinstance(config, dict): return HuginnConfig(**config)
-    if config not in HUGINN_MODELS: raise ConfigError(f"unknown recurrent-depth model {config!r}; choose one of {', '.join(HUGINN_MODELS)} or give hidden/heads/...")
-    return HUGINN_MODELS[config]
+    return config_from(config, HUGINN_MODELS, HuginnConfig, 'recurrent-depth model', 'hidden/heads/...')
 
 # %% ../../../nbs/28_huginn.ipynb #108e2066
 def sample_depth(mean_recurrence:int,     # r̄
