@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['TASK', 'RecurrentLMOptions', 'load_data', 'build', 'generate', 'evaluate', 'sample', 'report']
 
-# %% ../../../nbs/29_jobs_recurrent.ipynb #5209583c
+# %% ../../../nbs/29_jobs_recurrent.ipynb #d1220943
 import math, time
 from pathlib import Path
 import torch
@@ -15,7 +15,6 @@ from .huginn import huginn_config, HuginnLM, HuginnTrainer, huginn_blocks, batch
 from dataclasses import dataclass
 from .. import Task, TaskData, register_task, register_preset, engine_iterations
 from ...text_eval import LMOptions, option, autocast_for, save_tokenizer, text_evaluation, write_samples, lm_report
-from ..autoregressive_lm.task import local_reference   # TODO(issue 21): the reference LM moves to text_eval
 
 # %% ../../../nbs/29_jobs_recurrent.ipynb #19f036a2
 @dataclass(frozen=True)
@@ -66,7 +65,7 @@ def generate(model, job, prompt, new_tokens:int, continuations:int=1, seed:int=0
     if cuda: torch.cuda.synchronize()
     return ids.cpu(), time.perf_counter() - t0
 
-# %% ../../../nbs/29_jobs_recurrent.ipynb #34ea2bcc
+# %% ../../../nbs/29_jobs_recurrent.ipynb #6735c6e7
 def evaluate(model, job, data:TaskData, device=None, recurrence:int=None, top_p:float=None) -> dict:
     "The autoregressive task's text metrics under K-iteration decoding, and the run's training FLOPs."
     K = _K(model, job, recurrence)
@@ -74,7 +73,7 @@ def evaluate(model, job, data:TaskData, device=None, recurrence:int=None, top_p:
     def decode(pr, M, C, seed):
         ids, secs = generate(model, job, pr, M, C, seed, device, K, top_p)
         return ids, secs, desc
-    m = text_evaluation(job, data, decode, device, local=local_reference)
+    m = text_evaluation(job, data, decode, device)
     m.update(train_flops(model, (job.batch_size, data.extra['seq_len'] + 1), engine_iterations(job, len(data.train))), recurrence=K)
     return m
 
