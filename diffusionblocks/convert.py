@@ -9,7 +9,7 @@ __all__ = ['REFUSED', 'SUPPORTED', 'even_split', 'regroup', 'freeze_shared', 'dd
            'FluxAdapter', 'layers_of', 'adapter_of', 'process_of', 'partition_of', 'wrap_diffusers', 'sample_converted',
            'RoutedTransformer']
 
-# %% ../nbs/34_convert.ipynb #ad1e6688
+# %% ../nbs/34_convert.ipynb #4384b64d
 import copy, json, math, struct, tempfile, dataclasses
 from pathlib import Path
 import numpy as np
@@ -19,7 +19,7 @@ from .errors import ConfigError, MissingDependencyError, CheckpointError
 from .noise import sigma_like, loss_weight
 from .blocks import TaskAdapter, DiffusionBlocks, GaussianNoise, _select
 from .flow import FlowNoise, FlowPartition, FlowConfig, DiscretePartition, euler_flow
-from .checkpoint import block_tensors, shared_tensors, block_file, SHARED_FILE, read_file
+from .checkpoint import block_tensors, shared_tensors, block_file, SHARED_FILE, read_file, regular_file, LIMITS
 
 # %% ../nbs/34_convert.ipynb #0a8385b6
 def even_split(num_layers:int,           # L
@@ -194,15 +194,21 @@ def distill(model:DiffusionBlocks,   # the converted student (its process is the
     model.process = Distill(teacher, model.process); model.process.check(model)
     return model
 
-# %% ../nbs/34_convert.ipynb #88321bca
+# %% ../nbs/34_convert.ipynb #7deb332b
 _ST_DTYPES = {'F64': torch.float64, 'F32': torch.float32, 'F16': torch.float16, 'BF16': torch.bfloat16, 'I64': torch.int64,
               'I32': torch.int32, 'I16': torch.int16, 'I8': torch.int8, 'U8': torch.uint8, 'BOOL': torch.bool}
 
 def map_safetensors(path) -> dict:
     "{name: tensor} views of a .safetensors file through one shared, writable memory map (writes go to the file)."
-    with open(path, 'rb') as f:
-        n = struct.unpack('<Q', f.read(8))[0]
-        header = json.loads(f.read(n))
+    path = regular_file(path, 'safetensors file')
+    try:
+        with open(path, 'rb') as f:
+            n = struct.unpack('<Q', f.read(8))[0]
+            if n > LIMITS['header']: raise CheckpointError(f"safetensors file {path} announces a {n}-byte header, more than the {LIMITS['header']} allowed")
+            header = json.loads(f.read(n))
+    except (OSError, ValueError, struct.error) as e:
+        if isinstance(e, CheckpointError): raise
+        raise CheckpointError(f"safetensors file {path} is unreadable or not a safetensors file ({type(e).__name__})") from None
     mm = np.memmap(path, dtype=np.uint8, mode='r+')
     out = {}
     for name, info in header.items():
