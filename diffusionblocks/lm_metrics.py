@@ -6,13 +6,13 @@
 __all__ = ['distinct_n', 'repetition_rate', 'mauve', 'ReferenceLM', 'perplexity', 'LocalReference', 'HFReference', 'train_lm',
            'cached_reference', 'diversity', 'text_metrics']
 
-# %% ../nbs/26_lm_metrics.ipynb #8039a838
+# %% ../nbs/26_lm_metrics.ipynb #f74818b8
 import hashlib, json, math, re
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 import torch, torch.nn as nn, torch.nn.functional as F
 from .errors import ConfigError, DataError, CheckpointError, NonFiniteLossError, requires
-from .checkpoint import atomic_write
+from .checkpoint import atomic_write, regular_file
 from .data import data_dir
 
 # %% ../nbs/26_lm_metrics.ipynb #569ea67d
@@ -227,7 +227,7 @@ def train_lm(model:nn.Module,      # model(ids (N, T)) -> logits (N, T, V)
             nn.utils.clip_grad_norm_(model.parameters(), 1.); opt.step(); sched.step()
     return model.eval()
 
-# %% ../nbs/26_lm_metrics.ipynb #fe1146c8
+# %% ../nbs/26_lm_metrics.ipynb #c90cde21
 def _fingerprint(ids, train_kw) -> dict:
     ids = torch.as_tensor(ids).long().cpu().contiguous()
     kw = {k: v for k, v in sorted(train_kw.items()) if k != 'device'}
@@ -246,6 +246,7 @@ def cached_reference(key:str,        # cache file name: letters, digits, '.', '_
     path = Path(cache_dir or data_dir() / 'reference-lm') / f'{key}.safetensors'
     fp = _fingerprint(ids, train_kw)
     if path.exists():
+        regular_file(path, 'cached reference LM')       # a folder, a fifo or /dev/zero in its place: one line, never read
         with safe_open(str(path), 'pt') as f: meta = f.metadata() or {}
         diff = [k for k in fp if meta.get(k) != fp[k]]
         if diff: raise CheckpointError(f"cached reference LM {path} was trained with other {' and '.join('data' if k == 'ids' else 'settings' for k in diff)}: use another key or delete the file")
