@@ -18,8 +18,9 @@ import torch
 from torch.utils.data import Dataset, DataLoader
 from PIL import Image
 
-# %% ../nbs/09_data.ipynb #b2e8d679
+# %% ../nbs/09_data.ipynb #d89358d5
 from .errors import DataError   # a missing, empty or corrupt data source: one line naming the file or id
+from .checkpoint import read_bounded, regular_file, size_str, LIMITS   # every file read is bounded (LIMITS['text'])
 
 ENV_DATA, ENV_SHARED = 'DIFFUSIONBLOCKS_DATA', 'DIFFUSIONBLOCKS_SHARED_DATA'
 
@@ -434,7 +435,7 @@ def augment_batch(x, transform):
     "Apply a per-image transform to every image of a batch (N, C, H, W), each with its own random draw."
     return x if transform is None else torch.stack([transform(xi) for xi in x])
 
-# %% ../nbs/09_data.ipynb #b87c1599
+# %% ../nbs/09_data.ipynb #5f17aa23
 TEXT_FILES = {'tinyshakespeare': ('tinyshakespeare.txt.gz', 'tinyshakespeare.txt'), 'text8': ('text8', 'text8.zip')}
 TEXT8_CHARS = ' abcdefghijklmnopqrstuvwxyz'
 _DIGIT_WORDS = 'zero one two three four five six seven eight nine'.split()
@@ -445,12 +446,15 @@ def split_text(text, fracs=(0.9, 0.05, 0.05)) -> dict:
     return {'train': text[:a], 'val': text[a:b], 'test': text[b:]}
 
 def _read_text(p):
-    "Text of a .txt, .gz or .zip (first member) file, decoded as UTF-8; problems raise DataError naming the file."
+    "Text of a .txt, .gz or .zip (first member) file of at most LIMITS['text'] bytes (also unpacked), decoded as UTF-8; problems raise DataError naming the file."
+    p, limit = Path(p), LIMITS['text']
+    raw = read_bounded(p, limit, 'text file', DataError)
     try:
-        if p.suffix == '.gz': raw = gzip.decompress(p.read_bytes())
+        if p.suffix == '.gz':
+            with gzip.GzipFile(fileobj=io.BytesIO(raw)) as g: raw = g.read(limit + 1)
         elif p.suffix == '.zip':
-            with zipfile.ZipFile(p) as z: raw = z.read(next(n for n in z.namelist() if not n.endswith('/')))
-        else: raw = p.read_bytes()
+            with zipfile.ZipFile(io.BytesIO(raw)) as z, z.open(next(n for n in z.namelist() if not n.endswith('/'))) as f: raw = f.read(limit + 1)
+        if len(raw) > limit: raise DataError(f"text file {p} unpacks to more than the {size_str(limit)} a text corpus may hold")
         text = raw.decode('utf-8')
     except (OSError, EOFError, zlib.error, zipfile.BadZipFile, StopIteration) as e:
         raise DataError(f"corrupt or truncated text file {p} ({type(e).__name__}: {e})") from None
@@ -467,6 +471,7 @@ def text_path(source) -> Path:
         if p is None: raise DataError(f"{s} not found: put {' or '.join(TEXT_FILES[s])} in {data_dir()} (looked at {', '.join(map(str, places))})")
         return p
     p = Path(s).expanduser()
+    if os.path.lexists(p) and not p.is_file(): regular_file(p, 'text file', DataError)   # a folder, a fifo, /dev/zero: named as such
     if not p.is_file(): raise DataError(f"no such text file: {p} (sources: 'tinyshakespeare', 'text8', hf:<id>, a .txt/.gz/.zip path)")
     return p
 

@@ -11,6 +11,7 @@ import math
 from pathlib import Path
 import torch, torch.nn as nn, torch.nn.functional as F
 from safetensors.torch import save_file, load_file
+from .checkpoint import regular_file, atomic_write, make_dirs
 from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
 from .engine import fit
 
@@ -60,15 +61,15 @@ def accuracy(net, images, labels, batch_size:int=512):
     pred = torch.cat([net(images[i:i + batch_size].to(dev).float()).argmax(-1).cpu() for i in range(0, len(images), batch_size)])
     return (pred == labels.cpu()).float().mean().item()
 
-# %% ../nbs/11_fid.ipynb #e3625a2f
+# %% ../nbs/11_fid.ipynb #2b49eff3
 def save_feature_net(net:FeatureNet, path):
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix('.tmp')
-    save_file(net.state_dict(), str(tmp), metadata={k: str(v) for k, v in net.config.items()})
-    tmp.replace(path)
+    from safetensors.torch import save
+    path = Path(path); make_dirs(path.parent, 'cache folder')
+    atomic_write(path, save(net.state_dict(), metadata={k: str(v) for k, v in net.config.items()}))   # a full disk: one line, no debris
 
 def load_feature_net(path, channels:int, num_classes:int):
     from safetensors import safe_open
+    regular_file(path, 'cached feature net')            # a folder, a fifo or /dev/zero in its place: one line, never read
     with safe_open(str(path), 'pt') as f: meta = f.metadata()
     cfg = {k: int(v) for k, v in meta.items()}
     if (cfg['channels'], cfg['num_classes']) != (channels, num_classes):

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Protocol, runtime_checkable
 import torch, torch.nn as nn, torch.nn.functional as F
 from .errors import ConfigError, DataError, CheckpointError, NonFiniteLossError, requires
-from .checkpoint import atomic_write
+from .checkpoint import atomic_write, regular_file
 from .data import data_dir
 from .engine import fit
 
@@ -219,7 +219,7 @@ def train_lm(model:nn.Module,      # model(ids (N, T)) -> logits (N, T, V)
         return F.cross_entropy(model(x[:, :-1]).flatten(0, 1).float(), x[:, 1:].flatten())
     return fit(model, loss, iterations, lr, weight_decay, warmup, seed=seed, device=device, clip=1., name='train_lm', check_finite=True)[0]
 
-# %% ../nbs/26_lm_metrics.ipynb #fe1146c8
+# %% ../nbs/26_lm_metrics.ipynb #c90cde21
 def _fingerprint(ids, train_kw) -> dict:
     ids = torch.as_tensor(ids).long().cpu().contiguous()
     kw = {k: v for k, v in sorted(train_kw.items()) if k != 'device'}
@@ -238,6 +238,7 @@ def cached_reference(key:str,        # cache file name: letters, digits, '.', '_
     path = Path(cache_dir or data_dir() / 'reference-lm') / f'{key}.safetensors'
     fp = _fingerprint(ids, train_kw)
     if path.exists():
+        regular_file(path, 'cached reference LM')       # a folder, a fifo or /dev/zero in its place: one line, never read
         with safe_open(str(path), 'pt') as f: meta = f.metadata() or {}
         diff = [k for k in fp if meta.get(k) != fp[k]]
         if diff: raise CheckpointError(f"cached reference LM {path} was trained with other {' and '.join('data' if k == 'ids' else 'settings' for k in diff)}: use another key or delete the file")

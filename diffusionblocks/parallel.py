@@ -5,12 +5,12 @@
 # %% auto #0
 __all__ = ['merge_runs', 'block_layout', 'BlockSync', 'init_distributed', 'consolidate', 'fit_parallel']
 
-# %% ../nbs/08a_parallel.ipynb #817259fc
-import os, json, shutil, datetime, dataclasses
+# %% ../nbs/08a_parallel.ipynb #801a1eb8
+import os, sys, json, shutil, datetime, dataclasses
 from pathlib import Path
 import torch
 import torch.distributed as dist
-from .errors import CheckpointError, ConfigError
+from .errors import DiffusionBlocksError, CheckpointError, ConfigError
 from .checkpoint import (RunDir, block_file, SHARED_FILE, read_file, find_checkpoint, save_checkpoint, check_fingerprint,
                                         fingerprint, latest_checkpoint)
 from .train import Trainer, TrainConfig, RESUME_FREE, FORMAT, block_budget, _seed
@@ -147,7 +147,7 @@ class BlockSync:
         flat = _flat_reduce(params, None, [1. if active else 0.])
         _unflatten(params, flat[:-1], 1 / max(1., flat[-1].item()))
 
-# %% ../nbs/08a_parallel.ipynb #8318d787
+# %% ../nbs/08a_parallel.ipynb #5f07b37b
 def init_distributed(device=None, timeout_minutes:float=30.) -> tuple:
     "(rank, world size, device) of this process: initialises the default process group from torchrun's environment (gloo on CPU, NCCL on CUDA)."
     if not dist.is_available(): raise ConfigError("torch.distributed is not available in this torch build")
@@ -158,7 +158,41 @@ def init_distributed(device=None, timeout_minutes:float=30.) -> tuple:
         dev = torch.device('cuda', int(os.environ.get('LOCAL_RANK', 0)) if dev.index is None else dev.index); torch.cuda.set_device(dev)
     if not dist.is_initialized():
         dist.init_process_group('nccl' if dev.type == 'cuda' else 'gloo', timeout=datetime.timedelta(minutes=timeout_minutes))
+    _quiet_when_a_peer_stops()
     return dist.get_rank(), dist.get_world_size(), dev
+
+_PEER_LOST = ('Connection closed by peer', 'Connection reset by peer', 'Broken pipe')
+
+def _peer_lost(e) -> bool:
+    "Did a collective fail because another rank of the job went away (it stopped: refused, failed or killed)?"
+    return isinstance(e, RuntimeError) and any(s in str(e) for s in _PEER_LOST)
+
+def _quiet_when_a_peer_stops():
+    "Make an uncaught 'another rank went away' error exit with status 2 and no traceback: the rank that stopped first says why, in its own line."
+    if getattr(sys.excepthook, '_diffusionblocks', False): return
+    previous = sys.excepthook
+    def hook(kind, e, tb):
+        if _peer_lost(e):
+            for f in (sys.stdout, sys.stderr):
+                try: f.flush()
+                except Exception: pass
+            os._exit(2)
+        previous(kind, e, tb)
+    hook._diffusionblocks = True
+    sys.excepthook = hook
+
+def _rank0_decides(rank:int, work):
+    "Run `work` on rank 0 while the others wait; a refusal there (a DiffusionBlocksError) stops every rank: rank 0 raises it (one line), the others exit with status 2 and nothing to add."
+    err = None
+    if rank == 0:
+        try: work()
+        except DiffusionBlocksError as e: err = e
+    verdict = [None if err is None else str(err)]
+    dist.broadcast_object_list(verdict, src=0)
+    if verdict[0] is None: return
+    if rank == 0: raise err
+    dist.destroy_process_group()
+    raise SystemExit(2)              # not an error of this rank: rank 0 printed the job's one line
 
 def consolidate(run_dir, complete:bool=False) -> Path:
     "Merge the rank-local parts of a parallel run into its own checkpoint (newest state of every block); None if there is nothing."
@@ -168,7 +202,7 @@ def consolidate(run_dir, complete:bool=False) -> Path:
     sources = ([run.path] if run.latest() is not None else []) + parts
     return merge_runs(sources, run.path, newest=True, complete=complete, shared_from=parts[0])
 
-# %% ../nbs/08a_parallel.ipynb #2dd64a53
+# %% ../nbs/08a_parallel.ipynb #598f72d2
 def fit_parallel(model,                 # the same model (same seed) on every rank
                  config:TrainConfig,    # the whole job's settings (blocks=None)
                  data,                  # the training data (every rank reads its blocks' streams)
@@ -185,12 +219,12 @@ def fit_parallel(model,                 # the same model (same seed) on every ra
     B, run = model.num_blocks, RunDir(run_dir)
     layout = block_layout(B, world)
     blocks, members = layout[rank]
-    if len(members) > 1 and config.batch_size % len(members):
-        raise ConfigError(f"batch_size {config.batch_size} does not split over the {len(members)} ranks of block {blocks[0]}'s group (K={world}, B={B})")
     groups = {}
     if world > B:                                           # every rank creates every group, in the same order
         for k in range(B): groups[k] = dist.new_group(list(layout[k][1]))
-    if rank == 0:
+    def prepare():                                          # rank 0, while the others wait: refusals are the job's one line
+        uneven = next(((bs, ms) for bs, ms in layout if len(ms) > 1 and config.batch_size % len(ms)), None)
+        if uneven: raise ConfigError(f"batch_size {config.batch_size} does not split over the {len(uneven[1])} ranks of block {uneven[0][0]}'s group (K={world}, B={B})")
         if not resume and (run.latest() is not None or (run.path / 'parts').exists()): raise CheckpointError(f"{run.path} already holds a checkpoint: resume it, or use a new run directory")
         full = dataclasses.replace(config, blocks=None).to_dict()
         saved = run.read_config()
@@ -198,7 +232,7 @@ def fit_parallel(model,                 # the same model (same seed) on every ra
         elif extend and saved.get('train') != full: run.write_config({**saved, **(meta or {}), 'train': full})   # a longer budget
         consolidate(run.path)
         shutil.rmtree(run.path / 'parts', ignore_errors=True)
-    dist.barrier()
+    _rank0_decides(rank, prepare)                           # also the barrier: the others start once rank 0 is done
     part = run.path / 'parts' / f'rank-{rank}'
     steps_own = sum(block_budget(config.iterations, B)[k] for k in blocks)
     total = torch.tensor([steps_own]); dist.all_reduce(total, op=dist.ReduceOp.MAX)
@@ -212,7 +246,8 @@ def fit_parallel(model,                 # the same model (same seed) on every ra
     summary['rank'], summary['blocks'] = rank, list(blocks)
     everyone = [None] * world
     dist.all_gather_object(everyone, summary)              # also the barrier: every rank finished its blocks
-    if rank == 0:
+    def finish():
+        nonlocal summary
         d = consolidate(run.path, complete=True)
         state, _ = _latest(run)
         budget = block_budget(config.iterations, B)
@@ -222,5 +257,5 @@ def fit_parallel(model,                 # the same model (same seed) on every ra
         summary = dict(summary, steps=state['steps'], iterations=state['iteration'], checkpoint=str(d), world=world,
                        ranks=[{k: s[k] for k in ('rank', 'blocks', 'train_seconds', 'peak_memory_bytes')} for s in everyone],
                        train_seconds=max(s['train_seconds'] for s in everyone))
-    dist.barrier()
+    _rank0_decides(rank, finish)                            # the others return once the job is consolidated
     return summary

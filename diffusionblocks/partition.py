@@ -6,10 +6,11 @@
 __all__ = ['SCHEMES', 'TIES', 'MASK_SCHEMES', 'MASK_SCHEDULES', 'block_boundaries', 'Partition', 'HigherTiePartition',
            'split_layers', 'MaskPartition']
 
-# %% ../nbs/02_partition.ipynb #b582b300
+# %% ../nbs/02_partition.ipynb #dbf6d92e
 import math
 from dataclasses import dataclass, field
 import torch
+from .errors import ConfigError
 from .noise import EDMConfig, TruncatedLogNormal
 
 # %% ../nbs/02_partition.ipynb #59b6af73
@@ -31,7 +32,20 @@ def block_boundaries(blocks:int,                # number of blocks B
     b[0], b[-1] = hi, lo
     return b.tolist()
 
-# %% ../nbs/02_partition.ipynb #32c5d383
+# %% ../nbs/02_partition.ipynb #5c479bcc
+def _degenerate(blocks:int, scheme:str, edm:EDMConfig) -> ConfigError:
+    "The one-line refusal of a partition whose boundaries coincide (or whose noise law has no mass) for these values: which values, and why."
+    lo, hi = math.log(edm.sigma_min), math.log(edm.sigma_max)
+    head = (f"the {scheme} noise partition of {blocks} block(s) degenerates for p_mean={edm.p_mean:g}, p_std={edm.p_std:g} "
+            f"on [sigma_min={edm.sigma_min:g}, sigma_max={edm.sigma_max:g}]")
+    law = f"ln sigma ~ N({edm.p_mean:g}, {edm.p_std:g}^2)"
+    fix = f"choose p_mean inside [ln sigma_min, ln sigma_max] = [{lo:.3g}, {hi:.3g}], a larger p_std or fewer blocks"
+    if edm.p_mean > hi: why = f"{law} has almost all its mass above sigma_max, so its truncation to the range is concentrated at sigma_max"
+    elif edm.p_mean < lo: why = f"{law} has almost all its mass below sigma_min, so its truncation to the range is concentrated at sigma_min"
+    elif scheme == 'equal-mass': why = f"{law} is concentrated at sigma = {math.exp(edm.p_mean):.4g} (p_std too small for {blocks} blocks)"
+    else: why, fix = f"the range is too narrow for {blocks} blocks in float64", "choose a wider [sigma_min, sigma_max] or fewer blocks"
+    return ConfigError(f"{head}: {why}, and the block boundaries coincide; {fix}")
+
 @dataclass(frozen=True)
 class Partition:
     "B noise intervals, block 0 = highest noise; nominal ranges route inference, widened ranges feed training."
@@ -55,7 +69,11 @@ class Partition:
     def make(cls, blocks:int, scheme:str='equal-mass', overlap:float=0.05, edm:EDMConfig=EDMConfig(), tie:str='lower'):
         "B blocks by `scheme` (equal-mass, log-uniform or linear); `tie` (one of TIES) sends a σ on a boundary to the 'lower'- or 'higher'-noise block."
         if tie not in TIES: raise ValueError(f"unknown tie rule {tie!r}; choose one of {', '.join(TIES)}")
-        return (HigherTiePartition if tie == 'higher' else cls)(tuple(block_boundaries(blocks, scheme, edm)), overlap, edm, scheme)
+        law = TruncatedLogNormal.of(edm)
+        if not (law.q_hi - law.q_lo).item() > 0: raise _degenerate(blocks, scheme, edm)   # no mass in float64: nothing to sample
+        b = block_boundaries(blocks, scheme, edm)
+        if not all(x > y for x, y in zip(b, b[1:])): raise _degenerate(blocks, scheme, edm)
+        return (HigherTiePartition if tie == 'higher' else cls)(tuple(b), overlap, edm, scheme)
 
     @property
     def num_blocks(self): return len(self.boundaries) - 1

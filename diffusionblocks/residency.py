@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['OffloadStore', 'Offload', 'DiskOffload', 'map_safetensors', 'MappedStore']
 
-# %% ../nbs/08b_residency.ipynb #2ac4aae5
+# %% ../nbs/08b_residency.ipynb #cd2053c1
 import json, struct, tempfile
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from safetensors.torch import save_file, load_file
 from .errors import CheckpointError
+from .checkpoint import regular_file, LIMITS
 
 # %% ../nbs/08b_residency.ipynb #cb452861
 @runtime_checkable
@@ -67,15 +68,21 @@ class DiskOffload:
         "Is t the placeholder of `key`?"
         ph = self.placeholders.get(key); return ph is not None and ph.data_ptr() == t.data_ptr()
 
-# %% ../nbs/08b_residency.ipynb #dc6c9f24
+# %% ../nbs/08b_residency.ipynb #04733d8c
 _ST_DTYPES = {'F64': torch.float64, 'F32': torch.float32, 'F16': torch.float16, 'BF16': torch.bfloat16, 'I64': torch.int64,
               'I32': torch.int32, 'I16': torch.int16, 'I8': torch.int8, 'U8': torch.uint8, 'BOOL': torch.bool}
 
 def map_safetensors(path) -> dict:
     "{name: tensor} views of a .safetensors file through one shared, writable memory map (writes go to the file)."
-    with open(path, 'rb') as f:
-        n = struct.unpack('<Q', f.read(8))[0]
-        header = json.loads(f.read(n))
+    path = regular_file(path, 'safetensors file')
+    try:
+        with open(path, 'rb') as f:
+            n = struct.unpack('<Q', f.read(8))[0]
+            if n > LIMITS['header']: raise CheckpointError(f"safetensors file {path} announces a {n}-byte header, more than the {LIMITS['header']} allowed")
+            header = json.loads(f.read(n))
+    except (OSError, ValueError, struct.error) as e:
+        if isinstance(e, CheckpointError): raise
+        raise CheckpointError(f"safetensors file {path} is unreadable or not a safetensors file ({type(e).__name__})") from None
     mm = np.memmap(path, dtype=np.uint8, mode='r+')
     out = {}
     for name, info in header.items():

@@ -6,7 +6,7 @@
 __all__ = ['EOT', 'EOS_TOKENS', 'SPECS', 'HUB_TEXT', 'VAL_FRACTION', 'Codec', 'CharCodec', 'BPECodec', 'train_bpe', 'load_codec',
            'TokenCorpus', 'load_token_corpus']
 
-# %% ../nbs/09a_tokens.ipynb #5409efd1
+# %% ../nbs/09a_tokens.ipynb #58089d72
 import os, re, io, json, hashlib, contextlib
 from collections.abc import Mapping
 from pathlib import Path
@@ -14,7 +14,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 import torch
 from .errors import ConfigError, DataError
-from .checkpoint import atomic_write
+from .checkpoint import atomic_write, read_bounded, LIMITS
 from .data import CharVocab, TextSequences, split_text, text_path, _read_text, data_dir, hub_offline, content_key
 
 # %% ../nbs/09a_tokens.ipynb #9759d92c
@@ -44,7 +44,7 @@ class CharCodec(CharVocab):
         atomic_write(path, json.dumps(dict(type='char', chars=''.join(self.itos)), ensure_ascii=False)); return Path(path)
     def __repr__(self): return f"CharCodec({len(self)} symbols: {''.join(self.itos)[:60]!r}, eos_id={self.eos_id})"
 
-# %% ../nbs/09a_tokens.ipynb #fe467b75
+# %% ../nbs/09a_tokens.ipynb #54c1be28
 EOT = '<|endoftext|>'
 EOS_TOKENS = (EOT, '</s>', '<|end_of_text|>', '<eos>', '[SEP]')   # tried in order as a tokenizer's document separator
 _CUT = re.compile(r'(?<=[!-~])\n(?=[!-~])')                        # a newline between printable ASCII (not spaces)
@@ -92,7 +92,8 @@ class BPECodec:
     def load(cls, path, name:str='bpe'):
         "A codec from a tokenizer.json; an unreadable file is one DataError naming it."
         from tokenizers import Tokenizer
-        try: return cls(Tokenizer.from_file(str(path)), name)
+        text = read_bounded(path, LIMITS['tokenizer'], 'tokenizer file', DataError)     # a regular file of bounded size
+        try: return cls(Tokenizer.from_str(text.decode('utf-8')), name)
         except Exception as e: raise DataError(f"not a tokenizer file: {path} ({type(e).__name__}: {_first_line(e)})") from None
     def __repr__(self): return f"BPECodec({self.name!r}, {len(self)} tokens, eos_id={self.eos_id})"
 
@@ -115,7 +116,7 @@ def train_bpe(texts,                # the training text: a str, or an iterable o
     tok.train_from_iterator((p for d in docs for p in _pieces(d)), trainer=trainer)
     return BPECodec(tok, 'bpe')
 
-# %% ../nbs/09a_tokens.ipynb #a25014a0
+# %% ../nbs/09a_tokens.ipynb #8ca620ea
 SPECS = "'char', 'bpe' (with vocab_size), 'hf:<hub id>', or the path of a tokenizer.json / saved char codec"
 
 def _text_key(texts) -> str:
@@ -127,8 +128,9 @@ def _text_key(texts) -> str:
 
 def _load_file(p:Path) -> Codec:
     "A codec from a file: a saved char codec ({type: 'char'}) or a tokenizer.json."
-    try: spec = json.loads(p.read_text(encoding='utf-8'))
-    except (OSError, ValueError) as e: raise DataError(f"not a tokenizer file: {p} ({type(e).__name__}: {_first_line(e)})") from None
+    try: spec = json.loads(read_bounded(p, LIMITS['tokenizer'], 'tokenizer file', DataError).decode('utf-8'))
+    except DataError: raise
+    except ValueError as e: raise DataError(f"not a tokenizer file: {p} ({type(e).__name__}: {_first_line(e)})") from None
     if isinstance(spec, dict) and spec.get('type') == 'char':
         if not spec.get('chars'): raise DataError(f"empty char codec file: {p}")
         return CharCodec(spec['chars'])

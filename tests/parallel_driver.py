@@ -7,6 +7,7 @@ from torch.utils.data import Dataset
 from diffusionblocks.blocks import vector_blocks
 from diffusionblocks.train import TrainConfig, Trainer
 from diffusionblocks.parallel import fit_parallel
+from diffusionblocks.errors import DiffusionBlocksError
 
 torch.set_num_threads(1)
 
@@ -54,5 +55,6 @@ if __name__ == '__main__':
     rank = int(os.environ['RANK'])
     def kill(tr, info):
         if rank == spec.get('kill_rank') and info['iteration'] == spec.get('kill_at'): os._exit(9)   # a rank dies mid-run
-    s = fit_parallel(model, cfg, data, spec['run'], device='cpu', resume=spec.get('resume', False), callbacks=[kill])
+    try: s = fit_parallel(model, cfg, data, spec['run'], device='cpu', resume=spec.get('resume', False), callbacks=[kill])
+    except DiffusionBlocksError as e: print(f'diffusionblocks: error: {e}', file=sys.stderr); sys.exit(2)   # as the CLI does
     if rank == 0: print(json.dumps({k: s[k] for k in ('steps', 'world', 'ranks')}))
