@@ -502,6 +502,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                            'diffusionblocks.jobs.core.make_job': ('jobs.html#make_job', 'diffusionblocks/jobs/core.py'),
                                            'diffusionblocks.jobs.core.peak_memory': ( 'jobs.html#peak_memory',
                                                                                       'diffusionblocks/jobs/core.py'),
+                                           'diffusionblocks.jobs.core.read_metrics': ( 'jobs.html#read_metrics',
+                                                                                       'diffusionblocks/jobs/core.py'),
                                            'diffusionblocks.jobs.core.read_run': ('jobs.html#read_run', 'diffusionblocks/jobs/core.py'),
                                            'diffusionblocks.jobs.core.resume_run': ('jobs.html#resume_run', 'diffusionblocks/jobs/core.py'),
                                            'diffusionblocks.jobs.core.run_job': ('jobs.html#run_job', 'diffusionblocks/jobs/core.py'),

@@ -4,7 +4,7 @@ disk, names too long for the filesystem, a degenerate partition, a refused torch
 line on stderr) and a refused command changes nothing on disk (`tree` hashes every byte and the file list); a
 damaged checkpoint or pointer is skipped with one warning line, and a full disk loses nothing already saved.
 
-Tests marked xfail(strict=True) cover what other layers (jobs/*, cli) must still change; each reason says what."""
+Every case is one line with exit status 2 (or works), and a refused command leaves every byte of the watched trees as it was."""
 import contextlib, errno, hashlib, io, json, os, shutil, stat, subprocess, sys, tempfile, warnings
 from pathlib import Path
 import pytest, torch
@@ -163,7 +163,6 @@ def test_both_checkpoints_damaged_sample_refused(run, tmp_path):
             contains=[block_file(0)])
 
 
-@pytest.mark.xfail(strict=True, reason='jobs/core resume_run: refuse before rewriting config.json (read the checkpoints first)')
 def test_refused_resume_keeps_config(run):
     "train --resume RUN --iterations N refused (every checkpoint damaged) must not rewrite config.json."
     for it in (12, 24): (run / 'checkpoint' / f'step-{it:08d}' / block_file(0)).write_bytes(b'garbage')
@@ -273,7 +272,6 @@ def test_disk_full_merge(base, tmp_path):
         assert not (mnt / 'merged' / 'checkpoint' / POINTER).exists() and no_debris(mnt)
 
 
-@pytest.mark.xfail(strict=True, reason="jobs/image: sample's PNG writer must turn ENOSPC into one line (e.g. via checkpoint.write_error)")
 def test_disk_full_sample_png(base, tmp_path):
     with tmpfs(tmp_path / 'mnt', '256k') as mnt:
         fill(mnt, 0)
@@ -332,7 +330,6 @@ def test_long_name_library(tmp_path):
     assert sorted(os.listdir(tmp_path)) == []
 
 
-@pytest.mark.xfail(strict=True, reason='jobs/core check_out_dir: Path.exists() raises ENAMETOOLONG (a traceback), and its mkdir(parents=True) makes the parents before failing; check names first (checkpoint.check_path)')
 @pytest.mark.parametrize('sub', ['{long}', 'parent/{long}/x'])
 def test_long_out_cli(tmp_path, sub):
     out = tmp_path / sub.format(long='a' * 300)
@@ -383,62 +380,52 @@ def test_fit_parallel_refusal_is_one_line(tmp_path):
     before = tree(tmp_path / 'run')
     r = torchrun(2, ROOT / 'tests' / 'parallel_driver.py', json.dumps(spec))
     assert r.returncode != 0 and rank_lines(r.stderr) == [f"diffusionblocks: error: {tmp_path / 'run'} already holds a checkpoint: resume it, or use a new run directory"], r.stderr[-3000:]
-    assert r.stderr.count('exitcode  : 2') == 2, r.stderr[-3000:]                     # both ranks: status 2, no traceback
+    assert r.stderr.count('exitcode  : 2') >= 1 and '[rank1]' not in r.stderr, r.stderr[-3000:]   # status 2, no rank traceback (torchrun may stop the other rank first)
     assert tree(tmp_path / 'run') == before
 
 
-# ---------------------------------------------------------------- other layers' items (xfail until fixed there)
-@pytest.mark.xfail(strict=True, reason='jobs/core make_job: an --option the task does not know must be refused')
+# ---------------------------------------------------------------- the run layer's and the CLI's items
 def test_unknown_option_refused(tmp_path):
     refused('train', '--iterations', '1', '--no-eval', '--quiet', '--option', 'no_such_key=1', '--out', tmp_path / 'o', watch=[tmp_path], contains=['no_such_key'])
 
 
-@pytest.mark.xfail(strict=True, reason='jobs/image: --option image_size=0 must be a one-line ConfigError (now a ValueError traceback)')
 def test_option_image_size_zero(tmp_path):
     refused('train', '--iterations', '1', '--no-eval', '--quiet', '--option', 'image_size=0', '--out', tmp_path / 'o', watch=[tmp_path], contains=['image_size'])
 
 
-@pytest.mark.xfail(strict=True, reason='jobs/classify: --option augment=5 must be a one-line ConfigError (now a TypeError traceback)')
 def test_option_augment_not_a_mapping(tmp_path):
     refused('train', '--config', 'vit-digits', '--iterations', '1', '--no-eval', '--quiet', '--option', 'augment=5', '--out', tmp_path / 'o',
             watch=[tmp_path], contains=['augment'])
 
 
-@pytest.mark.xfail(strict=True, reason='jobs/text: an oversize --option seq_len must be refused naming seq_len')
 def test_option_seq_len_named(tmp_path):
     refused('train', '--config', 'md4-shakespeare', '--iterations', '1', '--no-eval', '--quiet', '--option', 'seq_len=1000000000',
             '--out', tmp_path / 'o', watch=[tmp_path], contains=['seq_len'])
 
 
-@pytest.mark.xfail(strict=True, reason="cli/jobs: train --config '' must be refused (it runs the default preset)")
 def test_empty_config_refused(tmp_path):
     refused('train', '--config', '', '--iterations', '1', '--no-eval', '--quiet', '--out', tmp_path / 'o', watch=[tmp_path])
 
 
-@pytest.mark.xfail(strict=True, reason='jobs/convert: --iterations 0 must be refused (it converts)')
 def test_convert_iterations_zero(base, tmp_path):
     refused('convert', base, '--blocks', '3', '--iterations', '0', '--out', tmp_path / 'o', watch=[tmp_path, base], contains=['iterations'])
 
 
-@pytest.mark.xfail(strict=True, reason='jobs/convert: a folder whose config.json is not an object must be one line (now a TypeError traceback)')
 def test_convert_config_not_an_object(tmp_path):
     (tmp_path / 'src').mkdir(); (tmp_path / 'src' / 'config.json').write_text('5')
     refused('convert', tmp_path / 'src', '--blocks', '3', '--out', tmp_path / 'o', watch=[tmp_path], contains=['config.json'])
 
 
-@pytest.mark.xfail(strict=True, reason='bench: scaling --config nosuch must be refused before starting workers (now a RuntimeError traceback)')
 def test_bench_scaling_unknown_config(tmp_path):
     refused('bench', 'scaling', '--config', 'nosuch', watch=[tmp_path], contains=['nosuch'])
 
 
-@pytest.mark.xfail(strict=True, reason='jobs/reproduce: --out naming a file must be one line (now a FileExistsError traceback)')
 def test_reproduce_out_is_a_file(tmp_path):
     (tmp_path / 'afile').write_text('x')
     refused('reproduce', '1', '--out', tmp_path / 'afile', watch=[tmp_path])
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason='jobs/core: train --resume of a classification run with --n-eval must refuse it or honour it, not ignore it')
 def test_resume_classification_n_eval(tmp_path):
     run = tmp_path / 'cls'
     assert run_cli('train', '--config', 'vit-digits', '--iterations', '2', '--out', run, '--quiet')[0] == 0
@@ -457,7 +444,6 @@ def _bounded(argv, tmp_path, seconds=60):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason='jobs/cli: oversize values must be refused before allocating, or worked in chunks')
 @pytest.mark.parametrize('argv', [['sample', '{base}', '--n', '100000', '--out', 's.png'], ['eval', '{base}', '--n', '10000000'],
                                   ['train', '--iterations', '1', '--sample-steps', '100000', '--n-eval', '10000000', '--out', 'o'],
                                   ['bench', 'memory', '--batch-size', '100000000'], ['bench', 'sample', '--sample-steps', '1000000000']])

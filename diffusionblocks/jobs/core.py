@@ -5,9 +5,9 @@
 # %% auto #0
 __all__ = ['LEGACY_FIELDS', 'base_iterations', 'RUN_FILES', 'PARALLEL', 'RESUMABLE', 'Job', 'budget', 'make_job', 'check_out_dir',
            'default_out', 'peak_memory', 'hardware', 'check_device', 'build_model', 'eval_job', 'run_job', 'read_run',
-           'resume_run', 'load_run', 'evaluate_run', 'init_run', 'run_jobs']
+           'resume_run', 'read_metrics', 'load_run', 'evaluate_run', 'init_run', 'run_jobs']
 
-# %% ../../nbs/20_jobs.ipynb #3b69f028
+# %% ../../nbs/20_jobs.ipynb #b639aa50
 import os, sys, json, math, time, platform, resource, dataclasses, warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +15,7 @@ import torch
 from ..errors import ConfigError, CheckpointError
 from ..partition import SCHEMES
 from ..train import Trainer, TrainConfig, scale_budget, default_device, SCHEDULES, LR_SCHEDULES
-from ..checkpoint import RunDir, load_weights, atomic_write
+from ..checkpoint import RunDir, load_weights, atomic_write, read_bounded, check_path, LIMITS
 from .. import parallel as _parallel
 from fastcore.basics import patch
 from ..tasks import TASKS, Task, TaskData, Options, PRESETS, get_task, load_tasks, preset_rows, baseline_iterations_of
@@ -174,12 +174,12 @@ def make_job(preset:str,            # a PRESETS key
         raise ConfigError(f"the end-to-end baseline has one block; got --blocks {d['blocks']}")
     return Job.from_dict(d)
 
-# %% ../../nbs/20_jobs.ipynb #7dc574c2
+# %% ../../nbs/20_jobs.ipynb #cac2514e
 RUN_FILES = ('config.json', 'metrics.json', 'metrics.jsonl', 'samples.png', 'samples.txt', 'tokenizer.json', 'checkpoint', 'tb', '.lock')
 
 def check_out_dir(path) -> Path:
-    "Refuse (one-line ConfigError) an output folder that is a file, lies under a file, is not writable, or holds anything."
-    p = Path(path)
+    "Refuse (one-line ConfigError) an output folder whose name is too long, that is a file, lies under a file, is not writable, or holds anything."
+    p = check_path(path, '--out')
     for a in [p, *p.parents]:
         if a.exists() and not a.is_dir(): raise ConfigError(f"--out {path}: {a} is a file, not a folder")
         if a.exists(): break
@@ -387,7 +387,15 @@ def resume_run(run_dir,                # a run directory written by `run_job`
         return _train_and_evaluate(job, run_dir, dev, None, True, progress, evaluate, ej, extend=extend, parallel=parallel,
                                    train_blocks=train_blocks, on_open=record if extend else None)
 
-# %% ../../nbs/20_jobs.ipynb #b6ac9f26
+# %% ../../nbs/20_jobs.ipynb #685df9fd
+def read_metrics(run_dir) -> dict:
+    "A finished run's metrics.json (read bounded; one-line CheckpointError when it is not a JSON object)."
+    p = Path(run_dir) / 'metrics.json'
+    try: m = json.loads(read_bounded(p, LIMITS['config'], 'metrics.json'))
+    except ValueError as e: raise CheckpointError(f"{p} is not valid JSON ({e})") from None
+    if not isinstance(m, dict): raise CheckpointError(f"{p} is not a JSON object")
+    return m
+
 def load_run(run_dir, device=None, ema:bool=True) -> tuple:
     "(model in eval mode, job, data) of a run directory."
     job = read_run(run_dir)
@@ -415,7 +423,7 @@ def init_run(job:Job, out, model, n_train:int, meta:dict=None) -> Path:
         Trainer(model, budget(job, n_train), run_dir=out, device='cpu', meta={'job': job.to_dict(), **(meta or {})}).save()
     return out
 
-# %% ../../nbs/20_jobs.ipynb #36ee715e
+# %% ../../nbs/20_jobs.ipynb #6633aea4
 def run_jobs(jobs:dict,            # {arm name: Job}
              out_root,             # each arm's run directory is out_root/<name>
              processes:int=2,      # processes at a time
@@ -438,6 +446,6 @@ def run_jobs(jobs:dict,            # {arm name: Job}
             if p.poll() is None: continue
             err = p.stderr.read(); del running[n]
             if p.returncode: raise RuntimeError(f'arm {n} failed: {err.strip().splitlines()[-1] if err.strip() else p.returncode}')
-            out[n] = json.loads((Path(out_root) / n / 'metrics.json').read_text())
+            out[n] = read_metrics(Path(out_root) / n)
         time.sleep(1)
     return {n: out[n] for n in jobs}

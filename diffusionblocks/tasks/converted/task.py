@@ -6,7 +6,7 @@
 __all__ = ['TASK', 'ConvertedOptions', 'options_for', 'source_kind', 'load_diffusers', 'CondImages', 'load_data', 'teacher_of',
            'build', 'evaluate', 'sample', 'report', 'convert', 'ConvertArgs', 'convert_command']
 
-# %% ../../../nbs/36_jobs_convert.ipynb #e99df32f
+# %% ../../../nbs/36_jobs_convert.ipynb #ff66d38b
 import json, math, shutil
 from pathlib import Path
 import torch, torch.nn.functional as F
@@ -18,10 +18,10 @@ from ...flow import FlowConfig
 from ...processes import FlowNoise
 from dataclasses import dataclass
 from ...data import load_images
-from ...checkpoint import load_weights, RunDir, find_checkpoint
+from ...checkpoint import load_weights, RunDir, find_checkpoint, read_bounded, LIMITS
 from .. import Task, TaskData, Options, option, Command, register_task, get_task
 
-# %% ../../../nbs/36_jobs_convert.ipynb #c0e0fc68
+# %% ../../../nbs/36_jobs_convert.ipynb #566496c5
 @dataclass(frozen=True)
 class ConvertedOptions(Options):
     "A converted diffusers model's options (a converted run of this library keeps its source task's options)."
@@ -41,8 +41,9 @@ def source_kind(source) -> str:
     if p.is_dir():
         cfg = p / 'config.json'
         if cfg.exists():
-            try: d = json.loads(cfg.read_text())
+            try: d = json.loads(read_bounded(cfg, LIMITS['config'], 'config.json', ConfigError))
             except ValueError: raise ConfigError(f"{cfg} is not valid JSON") from None
+            if not isinstance(d, dict): raise ConfigError(f"{cfg} is not a JSON object, so {source} is neither a run directory nor a diffusers model folder")
             if 'job' in d: return 'run'
             if '_class_name' in d: return 'diffusers'
         if (p / 'transformer' / 'config.json').exists(): return 'diffusers'
@@ -58,7 +59,7 @@ def _diffusers_config(source):
     p = Path(str(source))
     if p.is_dir():
         sub = None if (p / 'config.json').exists() else 'transformer'
-        return json.loads(((p / sub) if sub else p).joinpath('config.json').read_text()), sub
+        return json.loads(read_bounded(((p / sub) if sub else p) / 'config.json', LIMITS['config'], 'config.json', ConfigError)), sub
     try:
         from huggingface_hub import hf_hub_download
     except ImportError: raise ConfigError(f"{source}: loading from the hub needs huggingface_hub (installed with diffusers)") from None

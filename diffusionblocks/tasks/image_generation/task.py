@@ -6,11 +6,13 @@
 __all__ = ['CODECS', 'BENCH_MODELS', 'TASK', 'ImageOptions', 'make_codec', 'load_data', 'build', 'sample_grid', 'evaluate',
            'sample', 'report', 'dit_bench']
 
-# %% ../../../nbs/21_jobs_image.ipynb #514ba884
+# %% ../../../nbs/21_jobs_image.ipynb #25a8d494
 import json, time
 from pathlib import Path
 import torch
 from torchvision.utils import save_image
+import io
+from ...checkpoint import atomic_write
 from ...errors import ConfigError, DataError
 from ...data import load_images, data_dir, ImageData
 from .dit import dit_blocks, DiTConfig, DIT_MODELS, sample_images
@@ -84,7 +86,7 @@ def build(job, data:TaskData):
     return dit_blocks(cfg, d.shape[1:], d.shape[0], d.num_classes, blocks=job.blocks, overlap=job.overlap, scheme=job.scheme, split=job.split,
                       share_adapter=job.options.share_adapter)
 
-# %% ../../../nbs/21_jobs_image.ipynb #05261590
+# %% ../../../nbs/21_jobs_image.ipynb #1e7da740
 def _pixels(data:TaskData, x):
     "Generated samples in pixel space (decoded when the model diffuses latents)."
     codec = data.extra.get('codec')
@@ -101,7 +103,8 @@ def sample_grid(model, data:TaskData, n:int=100, sample_steps:int=50, cfg_scale:
         img = ref.denormalize(x).clamp(0, 1)
         scale = max(1, 64 // img.shape[-1])
         img = torch.nn.functional.interpolate(img, scale_factor=scale, mode='nearest') if scale > 1 else img
-        save_image(img, str(path), nrow=nrow or C, padding=2, pad_value=1.)
+        buf = io.BytesIO(); save_image(img, buf, format='png', nrow=nrow or C, padding=2, pad_value=1.)
+        atomic_write(path, buf.getvalue())                            # a full disk: one line, and no half-written PNG
     return x, labels
 
 def evaluate(model, job, data:TaskData, device=None, n_eval:int=None, sample_steps:int=None, cfg_scale:float=None, seed:int=1) -> dict:
