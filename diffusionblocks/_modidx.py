@@ -2051,6 +2051,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                         'diffusionblocks/train.py'),
                                        'diffusionblocks.train.TrainConfig.from_json': ( 'train.html#trainconfig.from_json',
                                                                                         'diffusionblocks/train.py'),
+                                       'diffusionblocks.train.TrainConfig.legacy': ( 'train.html#trainconfig.legacy',
+                                                                                     'diffusionblocks/train.py'),
                                        'diffusionblocks.train.TrainConfig.to_dict': ( 'train.html#trainconfig.to_dict',
                                                                                       'diffusionblocks/train.py'),
                                        'diffusionblocks.train.TrainConfig.to_json': ( 'train.html#trainconfig.to_json',

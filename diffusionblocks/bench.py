@@ -52,7 +52,7 @@ def live_tensors():
 # %% ../nbs/13_bench.ipynb #4c8104a8
 from .residency import DiskOffload
 
-# %% ../nbs/13_bench.ipynb #d3fdef54
+# %% ../nbs/13_bench.ipynb #f2512162
 def bench_models() -> dict:
     "{name: tasks.BenchModel} of every task: the networks the benchmarks can time."
     return {n: b for t in load_tasks().values() for n, b in t.bench_models.items()}
@@ -73,7 +73,7 @@ def measure(spec:dict) -> dict:
     torch.manual_seed(0)
     model = _bench_model(spec)
     B = model.num_blocks
-    cfg = TrainConfig(iterations=10**6, batch_size=spec['batch_size'], lr=1e-4, schedule=spec['schedule'], residency=spec['residency'] or 'all',
+    cfg = TrainConfig(iterations=10**6, batch_size=spec['batch_size'], lr=1e-4, block_schedule=spec['schedule'], residency=spec['residency'] or 'all',
                       checkpointing=spec['checkpointing'], progress=False, tensorboard=False,
                       fused=spec.get('fused', True), compile=spec.get('compile', False))
     offload = DiskOffload(dev) if spec['residency'] == 'active' and not cuda else None
@@ -306,7 +306,7 @@ def thread_table(rows) -> str:
         lines.append(f'| {t} | {q:.1f} | {b:.1f} | {q / b:.1f}× | {each} |')
     return '\n'.join(lines)
 
-# %% ../nbs/13_bench.ipynb #7a78a8d1
+# %% ../nbs/13_bench.ipynb #6e20b534
 def bench_residency(model:str='dit-s2', blocks:int=4, device:str='cpu', batch_size:int=8, steps:int=10, rounds:int=5) -> dict:
     "Median step-time ratio active/all (sequential schedule, last block) from interleaved rounds in this process."
     dev = torch.device(device); cuda = dev.type == 'cuda'
@@ -314,7 +314,7 @@ def bench_residency(model:str='dit-s2', blocks:int=4, device:str='cpu', batch_si
     trainers = {}
     for res in ('all', 'active'):
         torch.manual_seed(0)
-        cfg = TrainConfig(iterations=10**6, batch_size=batch_size, lr=1e-4, schedule='sequential', residency=res, progress=False, tensorboard=False)
+        cfg = TrainConfig(iterations=10**6, batch_size=batch_size, lr=1e-4, block_schedule='sequential', residency=res, progress=False, tensorboard=False)
         trainers[res] = Trainer(_bench_model(spec), cfg, device=dev, offload=DiskOffload(dev) if res == 'active' and not cuda else None)
     batch, k = _batch(dict(spec), dev), blocks - 1
     for tr in trainers.values(): tr.step(k, batch); tr.step(k, batch)      # warm-up: the block resident, AdamW state built

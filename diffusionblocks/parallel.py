@@ -15,7 +15,7 @@ from .checkpoint import (RunDir, block_file, SHARED_FILE, read_file, find_checkp
                                         fingerprint, latest_checkpoint)
 from .train import Trainer, TrainConfig, RESUME_FREE, FORMAT, block_budget, _seed
 
-# %% ../nbs/08a_parallel.ipynb #526616cc
+# %% ../nbs/08a_parallel.ipynb #940931e1
 def _latest(run:RunDir) -> tuple:
     "(state, checkpoint dir) of a run's newest valid checkpoint; one-line CheckpointError when it has none."
     state, d = find_checkpoint(run.checkpoints, require=('fingerprint', 'config', 'steps', 'blocks'))
@@ -25,6 +25,7 @@ def _latest(run:RunDir) -> tuple:
 
 def _same_settings(a:dict, b:dict, what:str):
     "Refuse (one line) two training configs that differ in anything that changes a block's weights."
+    a, b = TrainConfig.legacy(a), TrainConfig.legacy(b)
     for k in sorted(set(a) | set(b)):
         if k not in RESUME_FREE and a.get(k) != b.get(k):
             raise CheckpointError(f"{what}: training setting {k} = {a.get(k)!r} vs {b.get(k)!r}")
@@ -38,7 +39,7 @@ def _same_meta(a:dict, b:dict, what:str):
             if diff is not None: raise CheckpointError(f"{what}: {k}.{diff} = {x.get(diff)!r} vs {y.get(diff)!r}")
         elif x != y: raise CheckpointError(f"{what}: {k} = {x!r} vs {y!r}")
 
-# %% ../nbs/08a_parallel.ipynb #db186f54
+# %% ../nbs/08a_parallel.ipynb #a097f79f
 def merge_runs(sources,                 # run directories, each of which trained some blocks of one configuration
                out,                     # the merged run directory: new or empty (or, with newest=True, one of the sources)
                shared_from=None,        # the source whose shared parameters to take when the sources' differ
@@ -84,7 +85,7 @@ def merge_runs(sources,                 # run directories, each of which trained
     files = {block_file(k): read_file(latest[owner.get(k, 0)][1] / block_file(k)) for k in range(B)}
     files[SHARED_FILE] = read_file(latest[src][1] / SHARED_FILE)
     steps = [latest[owner[k]][0]['steps'][k] if k in owner else s0['steps'][k] for k in range(B)]
-    train = {**c0['train'], 'blocks': None}
+    train = {**TrainConfig.legacy(c0['train']), 'train_blocks': None}
     cfg = TrainConfig.from_dict(train)
     budget = block_budget(cfg.iterations, B)
     it = sum(steps)
@@ -202,9 +203,9 @@ def consolidate(run_dir, complete:bool=False) -> Path:
     sources = ([run.path] if run.latest() is not None else []) + parts
     return merge_runs(sources, run.path, newest=True, complete=complete, shared_from=parts[0])
 
-# %% ../nbs/08a_parallel.ipynb #598f72d2
+# %% ../nbs/08a_parallel.ipynb #760839d3
 def fit_parallel(model,                 # the same model (same seed) on every rank
-                 config:TrainConfig,    # the whole job's settings (blocks=None)
+                 config:TrainConfig,    # the whole job's settings (train_blocks=None)
                  data,                  # the training data (every rank reads its blocks' streams)
                  run_dir,               # the job's run directory (shared by all ranks)
                  batch_fn=None,
@@ -226,7 +227,7 @@ def fit_parallel(model,                 # the same model (same seed) on every ra
         uneven = next(((bs, ms) for bs, ms in layout if len(ms) > 1 and config.batch_size % len(ms)), None)
         if uneven: raise ConfigError(f"batch_size {config.batch_size} does not split over the {len(uneven[1])} ranks of block {uneven[0][0]}'s group (K={world}, B={B})")
         if not resume and (run.latest() is not None or (run.path / 'parts').exists()): raise CheckpointError(f"{run.path} already holds a checkpoint: resume it, or use a new run directory")
-        full = dataclasses.replace(config, blocks=None).to_dict()
+        full = dataclasses.replace(config, train_blocks=None).to_dict()
         saved = run.read_config()
         if saved is None: run.write_config({**(meta or {}), 'train': full, 'model': fingerprint(model)})
         elif extend and saved.get('train') != full: run.write_config({**saved, **(meta or {}), 'train': full})   # a longer budget
@@ -237,7 +238,7 @@ def fit_parallel(model,                 # the same model (same seed) on every ra
     steps_own = sum(block_budget(config.iterations, B)[k] for k in blocks)
     total = torch.tensor([steps_own]); dist.all_reduce(total, op=dist.ReduceOp.MAX)
     sync = BlockSync(groups.get(blocks[0]), members.index(rank), len(members), int(total))
-    tr = Trainer(model, dataclasses.replace(config, blocks=blocks), data, part, batch_fn=batch_fn, device=dev, sync=sync, meta=meta)
+    tr = Trainer(model, dataclasses.replace(config, train_blocks=blocks), data, part, batch_fn=batch_fn, device=dev, sync=sync, meta=meta)
     if run.latest() is not None:
         tr.extend = extend; tr.resume(run.path)
         if len(members) > 1:                                # a group member continues its own noise stream, not the consolidated one

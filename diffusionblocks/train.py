@@ -26,7 +26,7 @@ from .errors import CheckpointError, ConfigError, NonFiniteLossError   # re-expo
 from .checkpoint import (RunDir, block_file, SHARED_FILE, block_tensors, shared_tensors, set_latest, checkpoint_dirs,
                                         pack_state, unpack_state, read_file, fingerprint, check_fingerprint, encode_bytes, decode_bytes)
 
-# %% ../nbs/08_train.ipynb #95b001ce
+# %% ../nbs/08_train.ipynb #83d5c6c1
 SCHEDULES, RESIDENCIES, LR_SCHEDULES, PRECISIONS = ('uniform', 'round-robin', 'sequential'), ('all', 'active'), ('cosine', 'constant'), ('bf16', 'fp32')
 SHARED_MODES = ('train', 'frozen')   # what a run does with the model's shared parameters (a learned target embedding, a shared adapter)
 
@@ -44,8 +44,8 @@ class TrainConfig:
     lr_schedule:str='cosine'   # after warmup: 'cosine' (down to min_lr_ratio·lr at the block's last step) or 'constant'
     min_lr_ratio:float=0.      # final LR of the cosine schedule, as a fraction of lr
     grad_clip:float=1.0        # max gradient norm of the trained block + shared parameters (0: no clipping)
-    schedule:str='uniform'     # block schedule: 'uniform' (the paper), 'round-robin' or 'sequential'
-    blocks:tuple=None          # the blocks this run trains (None: all); e.g. (1,) for one block per process: it trains only their budgets
+    block_schedule:str='uniform' # the order blocks train in: 'uniform' (the paper), 'round-robin' or 'sequential'
+    train_blocks:tuple=None    # the blocks this run trains (None: all); e.g. (1,) for one block per process: it trains only their budgets
     shared:str='train'         # the shared parameters: 'train' (with every block's steps) or 'frozen' (blocks then exactly independent)
     ema:float=0.               # EMA decay per block (0: no EMA)
     residency:str='all'        # 'all' blocks on the device, or only the 'active' one (the rest in host memory)
@@ -66,7 +66,7 @@ class TrainConfig:
 
     def __post_init__(self):
         if isinstance(self.betas, list): object.__setattr__(self, 'betas', tuple(self.betas))
-        if isinstance(self.blocks, (list, range)): object.__setattr__(self, 'blocks', tuple(self.blocks))
+        if isinstance(self.train_blocks, (list, range)): object.__setattr__(self, 'train_blocks', tuple(self.train_blocks))
         def bad(name, want): raise ConfigError(f"TrainConfig.{name} must be {want}, got {getattr(self, name)!r}")
         num = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
         for n in ('iterations', 'batch_size', 'log_every', 'keep'):
@@ -79,16 +79,25 @@ class TrainConfig:
         if not (num(self.min_lr_ratio) and 0 <= self.min_lr_ratio <= 1): bad('min_lr_ratio', 'in [0, 1]')
         if not (num(self.ema) and 0 <= self.ema < 1): bad('ema', 'a decay in [0, 1) (0: off)')
         if not (isinstance(self.betas, tuple) and len(self.betas) == 2 and all(num(b) and 0 <= b < 1 for b in self.betas)): bad('betas', 'two numbers in [0, 1)')
-        for n, opts in (('schedule', SCHEDULES), ('residency', RESIDENCIES), ('lr_schedule', LR_SCHEDULES), ('precision', PRECISIONS), ('shared', SHARED_MODES)):
+        for n, opts in (('block_schedule', SCHEDULES), ('residency', RESIDENCIES), ('lr_schedule', LR_SCHEDULES), ('precision', PRECISIONS), ('shared', SHARED_MODES)):
             if getattr(self, n) not in opts: bad(n, 'one of ' + ', '.join(opts))
         for n in ('tf32', 'compile', 'checkpointing', 'progress', 'tensorboard', 'fused'):
             if not isinstance(getattr(self, n), bool): bad(n, 'True or False')
-        if self.blocks is not None and not (isinstance(self.blocks, tuple) and self.blocks and all(_isint(k) and k >= 0 for k in self.blocks)
-                                            and len(set(self.blocks)) == len(self.blocks)): bad('blocks', 'None or distinct block indices >= 0')
+        tb = self.train_blocks
+        if tb is not None and not (isinstance(tb, tuple) and tb and all(_isint(k) and k >= 0 for k in tb) and len(set(tb)) == len(tb)):
+            bad('train_blocks', 'None or distinct block indices >= 0')
 
     def to_dict(self) -> dict: return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+    @staticmethod
+    def legacy(d:dict) -> dict:
+        "A saved config with its older spellings (`schedule`, `blocks`) renamed."
+        d = dict(d)
+        for old, new in (('schedule', 'block_schedule'), ('blocks', 'train_blocks')):
+            if old in d: d[new] = d.pop(old)                 # an older spelling given with the new one wins: it was given last
+        return d
     @classmethod
     def from_dict(cls, d:dict):
+        d = cls.legacy(d)
         unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
         if unknown: raise ConfigError(f"TrainConfig has no field {sorted(unknown)[0]!r}")
         return cls(**d)
@@ -243,7 +252,7 @@ def as_dataset(data):
 # %% ../nbs/08_train.ipynb #ed08ede6
 from .residency import OffloadStore, Offload
 
-# %% ../nbs/08_train.ipynb #b04b84b8
+# %% ../nbs/08_train.ipynb #f5605e3f
 @runtime_checkable
 class BlockwiseModel(Protocol):
     "What `Trainer` needs from a model trained one block at a time (DiffusionBlocks, Forward-Forward, NoProp, ...)."
@@ -277,9 +286,9 @@ def cpu_threads(n_params:int,     # the model's parameter count
     if requested: return requested
     return 1 if n_params < SMALL_MODEL else DEFAULT_THREADS
 
-# %% ../nbs/08_train.ipynb #560fe808
+# %% ../nbs/08_train.ipynb #f59fd85c
 RESUME_FREE = ('progress', 'log_every', 'save_every', 'save_minutes', 'keep', 'num_workers', 'compile', 'tensorboard', 'residency', 'threads',
-               'blocks', 'schedule', 'fused')   # a block's weights depend on neither: another subset, order or process layout continues exactly
+               'train_blocks', 'block_schedule', 'fused')   # a block's weights depend on neither: another subset, order or process layout continues exactly
 EXTENDABLE = ('iterations', 'warmup')    # what a resume with extend=True may change as well: the budget
 FORMAT = 3                               # checkpoint format: 3 = per-block data streams and budgets (2: one stream, global budget)
 
@@ -298,7 +307,7 @@ class Trainer:
                  run_dir=None,        # run directory (None: nothing is written)
                  batch_fn=None,       # loader batch -> (y, cond dict) for model.loss (default_batch_fn)
                  device=None,         # compute device (default: cuda when available)
-                 blocks=None,         # train only these blocks (sets config.blocks), e.g. [1] in a per-block process
+                 train_blocks=None,   # train only these blocks (sets config.train_blocks), e.g. [1] in a per-block process
                  resume:bool=False,   # continue from run_dir's newest valid checkpoint (none: start at 0, with a warning)
                  offload=None,        # OffloadStore for residency='active' (default: Offload, host memory, pinned with CUDA)
                  meta:dict=None,      # more of the run's description for config.json (e.g. {'job': ...}); written once
@@ -309,12 +318,12 @@ class Trainer:
         if offload is not None: check_protocol(offload, OffloadStore, 'offload')
         if not isinstance(config, TrainConfig): raise ConfigError(f"config must be a TrainConfig, got {type(config).__name__}")
         if extend and not resume: raise ConfigError("extend=True continues a run: it needs resume=True")
-        if blocks is not None: config = dataclasses.replace(config, blocks=tuple(blocks))
+        if train_blocks is not None: config = dataclasses.replace(config, train_blocks=tuple(train_blocks))
         cfg, B = config, model.num_blocks
         self.extend = extend
         self.model, self.config, self.batch_fn, self.data = model, cfg, batch_fn or default_batch_fn, as_dataset(data)
-        self.trained = tuple(range(B)) if cfg.blocks is None else cfg.blocks
-        if max(self.trained) >= B: raise ConfigError(f"TrainConfig.blocks {list(self.trained)} names a block the {B}-block model lacks")
+        self.trained = tuple(range(B)) if cfg.train_blocks is None else cfg.train_blocks
+        if max(self.trained) >= B: raise ConfigError(f"TrainConfig.train_blocks {list(self.trained)} names a block the {B}-block model lacks")
         self.device = default_device(device)
         self.cuda = self.device.type == 'cuda'
         self.threads = None if self.cuda else cpu_threads(sum(p.numel() for p in model.parameters()), cfg.threads)
@@ -346,7 +355,7 @@ class Trainer:
         self.shared_opt = adamw(self.shared) if self.shared else None
         self.shared_sched = sched(self.shared_opt, cfg.iterations, cfg.warmup) if self.shared else None
         self.shared_ema = ema(self.shared) if self.shared else None
-        self.schedule = BlockSchedule(cfg.schedule, self.trained, [self.budget[k] for k in self.trained], cfg.seed)
+        self.schedule = BlockSchedule(cfg.block_schedule, self.trained, [self.budget[k] for k in self.trained], cfg.seed)
         self.iteration, self.train_seconds, self.swaps, self.active, self.last_loss, self.shared_steps = 0, 0., 0, None, {}, 0
         self.offload = (offload or Offload(self.device)) if cfg.residency == 'active' else None
         self._place()
@@ -463,7 +472,7 @@ def step(self:Trainer,
     self.steps[k] += 1; self.shared_steps += 1
     return {'loss': stats['loss'], 'loss_unweighted': stats['loss_unweighted'], 'grad_norm': grad_norm.detach()}
 
-# %% ../nbs/08_train.ipynb #38cdd069
+# %% ../nbs/08_train.ipynb #8be915ef
 @patch
 def _batches(self:Trainer, stop:int=None):
     "Loader batches of iterations self.iteration … stop − 1, each from its block's own stream at that block's own position."
@@ -528,7 +537,7 @@ def _fit(self:Trainer, until, callbacks):
     if self.cuda: torch.cuda.reset_peak_memory_stats(self.device)
     start = saved = self.iteration
     batches = self._batches(stop) if self.iteration < stop else None
-    bar = tqdm(total=self.total, initial=self.iteration, disable=not cfg.progress, desc=f'B={self.model.num_blocks} {cfg.schedule}')
+    bar = tqdm(total=self.total, initial=self.iteration, disable=not cfg.progress, desc=f'B={self.model.num_blocks} {cfg.block_schedule}')
     tb, window, t0 = self._tensorboard(), [], time.perf_counter()
     last_save = time.monotonic()
     try:
@@ -560,13 +569,13 @@ def summary(self:Trainer) -> dict:
                 peak_memory_bytes=torch.cuda.max_memory_allocated(self.device) if self.cuda else None,
                 final_loss=dict(self.last_loss), swaps=self.swaps, checkpoint=None if ck is None else str(ck))
 
-# %% ../nbs/08_train.ipynb #1fd7b3d8
+# %% ../nbs/08_train.ipynb #29ed6e79
 def check_config(saved:dict,          # the run's (or checkpoint's) TrainConfig as a dict
                  config:TrainConfig,   # the settings of this process
                  extend:bool=False,    # also allow the budget (EXTENDABLE) to change
                 ):
     "Refuse (one-line CheckpointError) to resume under settings that would change the results."
-    free = RESUME_FREE + (EXTENDABLE if extend else ())
+    free, saved = RESUME_FREE + (EXTENDABLE if extend else ()), TrainConfig.legacy(saved)
     for k, v in config.to_dict().items():
         if k not in free and saved.get(k) != v:
             raise CheckpointError(f"run config differs from the checkpoint's: {k} = {saved.get(k)!r} in the checkpoint vs {v!r} now")
@@ -625,8 +634,8 @@ def resume(self:Trainer, run_dir=None) -> bool:
     self.shared_steps = state.get('shared_steps', self.iteration)
     sched = state['schedule']
     same = sched.get('blocks') == list(self.trained) and sched.get('start', 0) + sum(sched.get('counts', ())) == self.total
-    self.schedule = (BlockSchedule.from_state(self.config.schedule, sched, self.config.seed) if same and state['config'].get('schedule') == self.config.schedule
-                     else BlockSchedule(self.config.schedule, self.trained, [self.budget[k] - self.steps[k] for k in self.trained], self.config.seed, self.iteration))
+    self.schedule = (BlockSchedule.from_state(self.config.block_schedule, sched, self.config.seed) if same and TrainConfig.legacy(state['config']).get('block_schedule') == self.config.block_schedule
+                     else BlockSchedule(self.config.block_schedule, self.trained, [self.budget[k] - self.steps[k] for k in self.trained], self.config.seed, self.iteration))
     torch.set_rng_state(decode_bytes(state['torch_rng']))
     if self.cuda and state.get('cuda_rng') and len(state['cuda_rng']) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all([decode_bytes(s) for s in state['cuda_rng']])

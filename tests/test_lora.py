@@ -30,10 +30,10 @@ def data(n=256, seed=0):
 
 
 def test_engine_trains_only_block_k_lora():
-    "Trainer(model, cfg, blocks=(1,)) on a model with adapters everywhere: only block 1's LoRA parameters change; frozen weights get no optimizer state."
+    "Trainer(model, cfg, train_blocks=(1,)) on a model with adapters everywhere: only block 1's LoRA parameters change; frozen weights get no optimizer state."
     m = add_lora_all(pretrained())
     before = {n: p.detach().clone() for n, p in m.named_parameters()}
-    tr = Trainer(m, TrainConfig(iterations=9, batch_size=16, lr=1e-2, **QUIET), data(), device='cpu', blocks=(1,))
+    tr = Trainer(m, TrainConfig(iterations=9, batch_size=16, lr=1e-2, **QUIET), data(), device='cpu', train_blocks=(1,))
     tr.fit()
     assert tr.steps[1] > 0 and tr.steps[0] == tr.steps[2] == 0
     changed = {n for n, p in m.named_parameters() if not torch.equal(p, before[n])}
@@ -58,7 +58,7 @@ def test_separate_runs_assemble_by_routing(tmp_path):
     runs = {}
     for k in (0, 2):
         m = copy.deepcopy(base); add_lora(m.blocks[k], rank=2)
-        Trainer(m, TrainConfig(iterations=6, batch_size=16, lr=1e-2, seed=k, **QUIET), data(), device='cpu', blocks=(k,)).fit()
+        Trainer(m, TrainConfig(iterations=6, batch_size=16, lr=1e-2, seed=k, **QUIET), data(), device='cpu', train_blocks=(k,)).fit()
         runs[k] = (m, save_block_lora(m, k, tmp_path / f'block{k}.safetensors'))
     _, meta = read_block_lora(runs[2][1])
     assert meta['level'] == 't' and meta['partition'] == 'FlowPartition'

@@ -96,7 +96,7 @@ def test_exact_resume_with_shared_parameters_and_ema(tmp_path, residency):
 
 def test_exact_resume_with_loader_workers(tmp_path):
     "The data order survives a restart with worker processes (the sampler state is the number of samples consumed)."
-    cfg = TrainConfig(iterations=16, batch_size=32, lr=1e-2, schedule='round-robin', num_workers=2, **QUIET)
+    cfg = TrainConfig(iterations=16, batch_size=32, lr=1e-2, block_schedule='round-robin', num_workers=2, **QUIET)
     ref = Trainer(tiny(), cfg, points(), tmp_path / 'ref', device='cpu'); ref.fit()
     tr = Trainer(tiny(), cfg, points(), tmp_path / 'run', device='cpu'); tr.fit(until=9)
     tr2 = Trainer.from_run(tmp_path / 'run', tiny(seed=3), points(), device='cpu')
@@ -175,7 +175,7 @@ def test_subset_of_blocks_and_assembly(tmp_path):
     init = {n: p.clone() for n, p in tiny().named_parameters()}
     runs = {}
     for k in (0, 2):
-        tr = Trainer(tiny(), TrainConfig(iterations=18, batch_size=16, lr=1e-2, **QUIET), points(), tmp_path / f'block{k}', device='cpu', blocks=[k])
+        tr = Trainer(tiny(), TrainConfig(iterations=18, batch_size=16, lr=1e-2, **QUIET), points(), tmp_path / f'block{k}', device='cpu', train_blocks=[k])
         s = tr.fit()
         assert s['steps'] == [6 if j == k else 0 for j in range(3)]
         with pytest.raises(ValueError, match='not trained'): tr.step(1, points()[:8])
@@ -195,7 +195,7 @@ def test_subset_of_blocks_and_assembly(tmp_path):
 
 def test_budget_and_per_block_schedules():
     "With scale_budget, every block of a B = 2 run follows exactly the baseline's warmup + cosine, on its own steps."
-    base = TrainConfig(iterations=20, warmup=4, batch_size=8, lr=1e-2, schedule='round-robin', **QUIET)
+    base = TrainConfig(iterations=20, warmup=4, batch_size=8, lr=1e-2, block_schedule='round-robin', **QUIET)
     def lrs(model, cfg):
         tr, seen = Trainer(model, cfg, points(), device='cpu'), {}
         step = tr.step
@@ -221,7 +221,7 @@ def test_ema_weights(tmp_path):
 
 
 def test_metrics_are_per_block(tmp_path):
-    tr = Trainer(tiny(), TrainConfig(iterations=12, batch_size=16, log_every=6, schedule='round-robin', **QUIET), points(), tmp_path, device='cpu')
+    tr = Trainer(tiny(), TrainConfig(iterations=12, batch_size=16, log_every=6, block_schedule='round-robin', **QUIET), points(), tmp_path, device='cpu')
     s = tr.fit()
     rows = tr.run.metrics()
     assert [(r['iteration'], r['block'], r['step'], r['n']) for r in rows] == [(6, 0, 2, 2), (6, 1, 2, 2), (6, 2, 2, 2), (12, 0, 4, 2), (12, 1, 4, 2), (12, 2, 4, 2)]

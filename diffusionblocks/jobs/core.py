@@ -129,7 +129,7 @@ def with_options(self:Job, **changes) -> Job:
     "This job with some options changed (validated by the task's Options)."
     return self.replace(options=self.options.from_dict({**self.options.to_dict(), **changes}, f'task {self.task}'))
 
-# %% ../../nbs/20_jobs.ipynb #91892d6f
+# %% ../../nbs/20_jobs.ipynb #6a387631
 base_iterations = baseline_iterations_of   # (tasks): `baseline_iterations`, or epochs × n_train / batch_size rounded up
 
 def budget(job:Job,         # the run
@@ -140,7 +140,7 @@ def budget(job:Job,         # the run
     base = base_iterations(job, n_train)
     warm = min(round(job.warmup_fraction * base), base - 1)
     cfg = TrainConfig(iterations=base, warmup=warm, batch_size=job.batch_size, lr=job.lr, lr_schedule=job.lr_schedule,
-                      weight_decay=job.weight_decay, grad_clip=job.grad_clip, ema=job.ema, schedule=job.block_schedule, seed=job.seed,
+                      weight_decay=job.weight_decay, grad_clip=job.grad_clip, ema=job.ema, block_schedule=job.block_schedule, seed=job.seed,
                       save_every=min(job.save_every, base * (job.blocks if job.blockwise else 1)), threads=job.threads,
                       **{'precision': 'bf16', **job.options.train_overrides(), **train})
     return scale_budget(cfg, job.blocks) if job.blockwise else cfg
@@ -219,7 +219,7 @@ def check_device(device) -> torch.device:
     elif dev.type not in ('cpu', 'mps'): raise ConfigError(f"--device {device}: unsupported device type {dev.type!r} (use cpu or cuda)")
     return dev
 
-# %% ../../nbs/20_jobs.ipynb #1f876b7c
+# %% ../../nbs/20_jobs.ipynb #a525da1d
 def build_model(job:Job, data:TaskData):
     "The job's model, seeded; a configuration the architecture rejects (ValueError: e.g. B > L) is a one-line ConfigError."
     torch.manual_seed(job.seed)
@@ -255,7 +255,7 @@ def _train_and_evaluate(job:Job, run_dir, dev, data, resume:bool, progress:bool,
         trainer = None
     else:
         trainer = Trainer(model, cfg, train_set, run_dir, batch_fn=task.batch_fn, device=dev, resume=resume, meta={'job': job.to_dict()},
-                          blocks=train_blocks, **({'extend': True} if extend else {}))
+                          train_blocks=train_blocks, **({'extend': True} if extend else {}))
         if on_open is not None: on_open()         # every check passed (the checkpoint loaded): now the run may change
         summary = trainer.fit()
         if train_blocks is not None and len(trainer.trained) < model.num_blocks: evaluate = False   # a part: merge it with the others' first
@@ -332,7 +332,7 @@ def _check_parallel(job:Job, parallel, write:bool=True):
     if not write: raise ConfigError("--parallel blocks needs a run directory (its ranks meet there)")
     _parallel.init_distributed()
 
-# %% ../../nbs/20_jobs.ipynb #a2e9b8c7
+# %% ../../nbs/20_jobs.ipynb #ad45f34a
 def read_run(run_dir) -> Job:
     "The Job of a run directory (one-line CheckpointError if it is not one of ours)."
     p = Path(run_dir)
@@ -378,7 +378,7 @@ def resume_run(run_dir,                # a run directory written by `run_job`
     if finished and not extend and not overwrite:
         raise ConfigError(f"{run_dir} is a finished run; its results stay: pass --overwrite to evaluate it again, or --baseline-iterations N to train longer")
     saved = (RunDir(run_dir).read_config() or {}).get('train') or {}
-    train_blocks = None if parallel else saved.get('blocks')          # a part keeps training its own blocks
+    train_blocks = None if parallel else TrainConfig.legacy(saved).get('train_blocks')   # a part keeps training its own blocks
     def record():                                                     # the longer budget, once the checkpoint has loaded
         cfg = RunDir(run_dir).read_config(); cfg['job'] = job.to_dict()
         atomic_write(run_dir / 'config.json', json.dumps(cfg, indent=1))
