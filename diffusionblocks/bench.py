@@ -19,7 +19,7 @@ from .errors import ConfigError
 from .tasks import load_tasks, PRESETS
 from .train import Trainer, TrainConfig, OffloadStore
 
-# %% ../nbs/13_bench.ipynb #c1de2e21
+# %% ../nbs/13_bench.ipynb #bc709522
 class LiveTensorBytes(TorchDispatchMode):
     "Peak bytes of live tensor storages: those alive at entry plus every operator output, until each is freed."
     def __init__(self, tensors=()):
@@ -45,14 +45,15 @@ class LiveTensorBytes(TorchDispatchMode):
     def __exit__(self, *exc):
         self.sweep(); return super().__exit__(*exc)
 
+# %% ../nbs/13_bench.ipynb #e28581ec
 def live_tensors():
     "Every tensor the garbage collector can see (weights, optimiser states, data, offload buffers)."
     return [o for o in gc.get_objects() if isinstance(o, torch.Tensor)]
 
-# %% ../nbs/13_bench.ipynb #4c8104a8
+# %% ../nbs/13_bench.ipynb #643993b2
 from .residency import DiskOffload
 
-# %% ../nbs/13_bench.ipynb #f2512162
+# %% ../nbs/13_bench.ipynb #efb4e9b1
 def bench_models() -> dict:
     "{name: tasks.BenchModel} of every task: the networks the benchmarks can time."
     return {n: b for t in load_tasks().values() for n, b in t.bench_models.items()}
@@ -67,6 +68,7 @@ def _batch(spec, device):
     "A seeded random training batch of the spec's model."
     return _to(bench_models()[spec['model']].batch(spec['batch_size'], torch.Generator().manual_seed(0)), device)
 
+# %% ../nbs/13_bench.ipynb #c4cd9dfc
 def measure(spec:dict) -> dict:
     "Measure one configuration in this process: peak bytes and seconds per training step."
     dev = torch.device(spec['device']); cuda = dev.type == 'cuda'
@@ -102,6 +104,7 @@ def measure(spec:dict) -> dict:
                 fused=spec.get('fused', True), compile=spec.get('compile', False),
                 params_bytes=sum(p.numel() * p.element_size() for p in model.parameters()))
 
+# %% ../nbs/13_bench.ipynb #09370581
 def run_spec(spec:dict, timeout=1800) -> dict:
     "`measure(spec)` in a fresh Python process."
     code = f"import json, sys; from diffusionblocks.bench import measure; print(json.dumps(measure(json.loads(sys.argv[1]))))"
@@ -112,7 +115,7 @@ def run_spec(spec:dict, timeout=1800) -> dict:
     if r.returncode: raise RuntimeError(f"benchmark worker failed for {spec}: {r.stderr.strip().splitlines()[-1] if r.stderr.strip() else r.returncode}")
     return json.loads(r.stdout.strip().splitlines()[-1])
 
-# %% ../nbs/13_bench.ipynb #79a28fe4
+# %% ../nbs/13_bench.ipynb #68e260ad
 def bench_rows(model='dit-s2', blocks=(1, 2, 3, 4, 6), device='cpu', batch_size=8, timed_steps=3, checkpointing=False,
                track=True, configs=None, progress=print) -> list:
     "One measured row per configuration (each in a fresh process)."
@@ -128,6 +131,7 @@ def bench_rows(model='dit-s2', blocks=(1, 2, 3, 4, 6), device='cpu', batch_size=
     add_model_column(rows)
     return rows
 
+# %% ../nbs/13_bench.ipynb #0ca1b2ab
 def add_model_column(rows):
     "Add analytic_bytes: App. G's (4P + A)·L/B, P and A calibrated on the end-to-end row (None without one)."
     e2e = next((r for r in rows if r['mode'] == 'end-to-end' and not r['checkpointing'] and r['peak_bytes']), None)
@@ -138,7 +142,7 @@ def add_model_column(rows):
         r['analytic_bytes'] = int((4 * P + A) * L / r['blocks']) if r['residency'] != 'all' else int(3 * P * L + (P + A) * L / r['blocks'])
     return rows
 
-# %% ../nbs/13_bench.ipynb #668e0fab
+# %% ../nbs/13_bench.ipynb #93764d2f
 def bench_sample(model='dit-s2', blocks=(1, 2, 3, 4, 6), device='cpu', n=16, sample_steps=50, repeats=1) -> list:
     "Samples per second (images: Euler with CFG 2.0; masked text: the ancestral sampler; AR text: 16 tokens, `sample_steps` per token) for each B, same steps; speed-up relative to B = 1."
     if model not in bench_models(): raise ConfigError(f"unknown benchmark model {model!r}; choose one of {', '.join(bench_models())}")
@@ -162,7 +166,7 @@ def bench_sample(model='dit-s2', blocks=(1, 2, 3, 4, 6), device='cpu', n=16, sam
     for r in rows: r['speedup'] = None if base is None else r['images_per_second'] / base['images_per_second']
     return rows
 
-# %% ../nbs/13_bench.ipynb #9dc5a533
+# %% ../nbs/13_bench.ipynb #28356cbb
 def plot_rows(rows, path, title=''):
     "Peak memory and step time against B (one line per residency/schedule), as a PNG."
     import matplotlib; matplotlib.use('Agg'); import matplotlib.pyplot as plt
@@ -186,6 +190,7 @@ def plot_rows(rows, path, title=''):
     for ax in axs: ax.set_xlabel('blocks B'); ax.legend(fontsize=6)
     fig.suptitle(title, fontsize=9); fig.tight_layout(); fig.savefig(path); plt.close(fig)
 
+# %% ../nbs/13_bench.ipynb #524e1649
 def _writable_dir(path, flag='--out') -> Path:
     "Create `path` if needed and check that files can be written there, before any work (one-line ConfigError)."
     p = Path(path)
@@ -196,6 +201,7 @@ def _writable_dir(path, flag='--out') -> Path:
     except OSError as e: raise ConfigError(f"{flag} {p} is not a writable directory: {e.strerror or e}") from None
     return p
 
+# %% ../nbs/13_bench.ipynb #0c5842b6
 def check_args(a):
     "Validate every benchmark argument before any work starts (one-line ConfigError), so no result is lost at the end."
     if a.device == 'cuda' and not torch.cuda.is_available(): raise ConfigError("--device cuda: CUDA is not available on this machine")
@@ -208,6 +214,7 @@ def check_args(a):
     if a.what != 'sample' and a.timed_steps < 1: raise ConfigError(f"--timed-steps must be >= 1, got {a.timed_steps}")
     _writable_dir(a.out)
 
+# %% ../nbs/13_bench.ipynb #6701dac2
 def _run_bench(a):
     check_args(a)
     if a.what == 'sample': rows = bench_sample(a.model, a.blocks, a.device, a.batch_size, a.sample_steps)
@@ -224,6 +231,7 @@ def _run_bench(a):
         for r in rows: print({k: r.get(k) for k in ('mode', 'blocks', 'residency', 'schedule', 'checkpointing', 'peak_bytes', 'analytic_bytes', 'step_seconds', 'speedup') if k in r})
         print(f"wrote {stem.with_suffix('.json')}" + ('' if a.what == 'sample' else f" and {stem.with_suffix('.png')}"))
 
+# %% ../nbs/13_bench.ipynb #7461f2bf
 def _run_scaling(a):
     if any(k < 1 for k in a.procs): raise ConfigError(f"--procs must be >= 1, got {a.procs}")
     if len(a.blocks) != 1 or a.blocks[0] < 1: raise ConfigError(f"bench scaling takes one --blocks B, got {a.blocks}")
@@ -237,6 +245,7 @@ def _run_scaling(a):
     stem.with_suffix('.json').write_text(json.dumps(out, indent=1)); plot_scaling(rows, stem.with_suffix('.png'), f"{a.config}, B = {a.blocks[0]}, {a.device}")
     print(json.dumps(out) if a.json else scaling_table(rows) + f"\nwrote {stem.with_suffix('.json')} and {stem.with_suffix('.png')}")
 
+# %% ../nbs/13_bench.ipynb #e469ab88
 def run_command(a):
     "The `bench` command on parsed arguments (the CLI's parser, `23_cli`): defaults by device, every value checked before any work."
     if a.blocks is None: a.blocks = [2] if a.what == 'scaling' else [1, 2, 3, 4, 6]
@@ -252,7 +261,7 @@ def run_command(a):
     if a.sample_steps is None: a.sample_steps = 50
     return _run_bench(a)
 
-# %% ../nbs/13_bench.ipynb #01961aed
+# %% ../nbs/13_bench.ipynb #c2bb0762
 _THREAD_WORKER = """
 import json, sys, time, torch
 spec = json.loads(sys.argv[1])
@@ -273,6 +282,7 @@ print(json.dumps(dict(threads=torch.get_num_threads(), iterations=n, seconds=dt,
                       params=sum(p.numel() for p in m.parameters()))))
 """
 
+# %% ../nbs/13_bench.ipynb #34f676f4
 def bench_threads(seconds:float=20,     # measured seconds per configuration
                   repeats:int=2,        # rounds of all configurations, interleaved
                   threads=(1, 0),       # thread counts to compare (0: torch's default)
@@ -296,6 +306,7 @@ def bench_threads(seconds:float=20,     # measured seconds per configuration
                 rows.append(dict(json.loads(r.stdout.strip().splitlines()[-1]), busy=busy, repeat=rep, requested=n, load_before=load))
     return rows
 
+# %% ../nbs/13_bench.ipynb #5935918f
 def thread_table(rows) -> str:
     "Markdown table: mean iterations/s per (threads, quiet/busy), and busy ÷ quiet."
     mean = lambda t, b: sum(r['iterations_per_second'] for r in rows if r['threads'] == t and r['busy'] == b) / sum(1 for r in rows if r['threads'] == t and r['busy'] == b)
@@ -306,7 +317,7 @@ def thread_table(rows) -> str:
         lines.append(f'| {t} | {q:.1f} | {b:.1f} | {q / b:.1f}× | {each} |')
     return '\n'.join(lines)
 
-# %% ../nbs/13_bench.ipynb #6e20b534
+# %% ../nbs/13_bench.ipynb #e2fde342
 def bench_residency(model:str='dit-s2', blocks:int=4, device:str='cpu', batch_size:int=8, steps:int=10, rounds:int=5) -> dict:
     "Median step-time ratio active/all (sequential schedule, last block) from interleaved rounds in this process."
     dev = torch.device(device); cuda = dev.type == 'cuda'
@@ -330,7 +341,7 @@ def bench_residency(model:str='dit-s2', blocks:int=4, device:str='cpu', batch_si
     return dict(model=model, blocks=blocks, device=str(dev), batch_size=batch_size, steps=steps, rounds=rounds, step_seconds=times,
                 ratio_active_over_all=ratios[len(ratios) // 2], ratios=ratios)
 
-# %% ../nbs/13_bench.ipynb #6427d468
+# %% ../nbs/13_bench.ipynb #926ad930
 def bench_scaling(procs=(1, 2),         # numbers of ranks K to time, in this order (the first is the reference)
                   config:str='digits',  # preset of the block-wise job
                   blocks:int=2,         # B
@@ -359,12 +370,14 @@ def bench_scaling(procs=(1, 2),         # numbers of ranks K to time, in this or
         r['ideal'], r['ideal_layout'] = r['procs'], round(blocks / math.ceil(blocks / r['procs']), 3) if r['procs'] <= blocks else r['procs']
     return rows
 
+# %% ../nbs/13_bench.ipynb #33b396bb
 def scaling_table(rows) -> str:
     "Markdown table of `bench_scaling` rows."
     out = ['| K ranks | B | wall (s) | speed-up (wall) | training (s) | speed-up (training) | ideal K× | layout bound |', '|---|---|---|---|---|---|---|---|']
     for r in rows: out.append(f"| {r['procs']} | {r['blocks']} | {r['wall_seconds']:.1f} | {r['speedup_wall']:.2f}× | {r['train_seconds']:.1f} | {r['speedup_train']:.2f}× | {r['ideal']}× | {r['ideal_layout']}× |")
     return '\n'.join(out)
 
+# %% ../nbs/13_bench.ipynb #d1b0861f
 def plot_scaling(rows, path, title=''):
     "Speed-up against K: wall, training, and the two ideals."
     import matplotlib; matplotlib.use('Agg'); import matplotlib.pyplot as plt

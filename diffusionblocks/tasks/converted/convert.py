@@ -39,7 +39,7 @@ def even_split(num_layers:int,           # L
     q, r = divmod(num_layers, blocks)
     return [q + (i < r) for i in range(blocks)]
 
-# %% ../../../nbs/34_convert.ipynb #af2a0220
+# %% ../../../nbs/34_convert.ipynb #0b0b6de0
 def _layers(model:DiffusionBlocks) -> list: return [l for b in model.blocks for l in b.layers]
 
 @torch.no_grad()
@@ -61,6 +61,7 @@ def regroup(src:DiffusionBlocks,   # the trained model (any B)
     if hasattr(src, 'target') and list(src.target.state_dict()): dst.target.load_state_dict(src.target.state_dict())
     return dst
 
+# %% ../../../nbs/34_convert.ipynb #34005d81
 def freeze_shared(model:DiffusionBlocks) -> DiffusionBlocks:
     "Freeze the shared adapter (shared='frozen'): its parameters become buffers — no gradient, no optimizer state, saved once with the shared tensors and resident with every block."
     if not model.share_adapter: raise ConfigError("freeze_shared needs a model built with share_adapter=True")
@@ -72,7 +73,7 @@ def freeze_shared(model:DiffusionBlocks) -> DiffusionBlocks:
     model.frozen_shared = True
     return model
 
-# %% ../../../nbs/34_convert.ipynb #dfb3fbc2
+# %% ../../../nbs/34_convert.ipynb #41874be0
 @torch.no_grad()
 def sample_ddim(model:DiffusionBlocks,  # a model with EpsilonNoise
                 x_T:torch.Tensor,        # (N, ...) the initial state, ε at t = T − 1
@@ -89,7 +90,7 @@ def sample_ddim(model:DiffusionBlocks,  # a model with EpsilonNoise
         x = a1.sqrt() * x0 + (1 - a1).sqrt() * eps
     return x
 
-# %% ../../../nbs/34_convert.ipynb #eb8496a4
+# %% ../../../nbs/34_convert.ipynb #69b4f6b5
 def distill(model:DiffusionBlocks,   # the converted student (its process is the base)
             teacher:DiffusionBlocks, # the pretrained full model as one block (e.g. the B = 1 conversion)
            ) -> DiffusionBlocks:
@@ -97,7 +98,7 @@ def distill(model:DiffusionBlocks,   # the converted student (its process is the
     model.process = Distill(teacher, model.process); model.process.check(model)
     return model
 
-# %% ../../../nbs/34_convert.ipynb #f5742d26
+# %% ../../../nbs/34_convert.ipynb #6afec376
 from contextlib import contextmanager
 
 @contextmanager
@@ -112,6 +113,7 @@ def empty_weights():
     try: yield
     finally: nn.Module.register_parameter, nn.Module.register_buffer = reg_p, reg_b
 
+# %% ../../../nbs/34_convert.ipynb #2914eba4
 def bind_checkpoint(model,              # a model built under `empty_weights()` (nothing allocated)
                     checkpoint,         # a checkpoint directory (checkpoint/step-…) or a run directory
                     store:MappedStore,  # where the blocks' tensors will live
@@ -138,7 +140,7 @@ def bind_checkpoint(model,              # a model built under `empty_weights()` 
     if bad: raise CheckpointError(f"{bad[0]} is in no checkpoint file (a non-persistent buffer?)")
     return model
 
-# %% ../../../nbs/34_convert.ipynb #80435737
+# %% ../../../nbs/34_convert.ipynb #09d6fe34
 REFUSED = {'UNet2DConditionModel': "its down and up blocks are joined by skip connections: a contiguous group of its blocks needs activations another group produces, so groups cannot run alone",
            'UNet2DModel': "its down and up blocks are joined by skip connections: a contiguous group of its blocks needs activations another group produces, so groups cannot run alone",
            'UVit2DModel': "its transformer layers are joined by long skip connections (U-ViT): groups cannot run alone",
@@ -161,6 +163,7 @@ def check_convertible(model):
     check_class(name)
     if name == 'DiTTransformer2DModel' and model.config.norm_type != 'ada_norm_zero': raise ConfigError(f"cannot convert a DiTTransformer2DModel with norm_type={model.config.norm_type!r} (only ada_norm_zero)")
 
+# %% ../../../nbs/34_convert.ipynb #d90be514
 class DiTLayer(nn.Module):
     "A diffusers DiT block as a layer: h (N, T, d), c = (timestep, labels)."
     def __init__(self, block): super().__init__(); self.block = block
@@ -177,6 +180,7 @@ class JointLayer(nn.Module):
         e, x = self.block(hidden_states=x, encoder_hidden_states=e, temb=c, **kw)
         return x, e, extra
 
+# %% ../../../nbs/34_convert.ipynb #4b8e86be
 class DiTDiffusersAdapter(TaskAdapter):
     "A diffusers DiT's patch embedding, block 0's timestep/label embedder (for the final layer) and final layer."
     def __init__(self, m):
@@ -202,6 +206,7 @@ class DiTDiffusersAdapter(TaskAdapter):
         x = torch.einsum('nhwpqc->nchpwq', h.reshape(-1, g, g, p, p, self.out_channels)).reshape(-1, self.out_channels, g * p, g * p)
         return x[:, :self.in_channels]                                        # ε; a learned variance is dropped
 
+# %% ../../../nbs/34_convert.ipynb #61b178dd
 class SD3Adapter(TaskAdapter):
     "SD3's patch embedding, timestep + pooled-text embedder, context embedder and final layer."
     def __init__(self, m):
@@ -217,12 +222,14 @@ class SD3Adapter(TaskAdapter):
         x, p = self.proj_out(self.norm_out(x, c)), self.patch
         return torch.einsum('nhwpqc->nchpwq', x.reshape(-1, gh, gw, p, p, self.out_channels)).reshape(-1, self.out_channels, gh * p, gw * p)
 
+# %% ../../../nbs/34_convert.ipynb #2b4d1ea3
 def flux_image_ids(height:int, width:int, device=None) -> torch.Tensor:
     "Flux's positions of a packed latent grid (h·w, 3): (0, row, column), as FluxPipeline._prepare_latent_image_ids."
     ids = torch.zeros(height, width, 3, device=device)
     ids[..., 1] = torch.arange(height, device=device)[:, None]; ids[..., 2] = torch.arange(width, device=device)[None, :]
     return ids.reshape(height * width, 3)
 
+# %% ../../../nbs/34_convert.ipynb #077eec1a
 class FluxAdapter(TaskAdapter):
     "Flux's input projection, timestep (+ guidance) + pooled-text embedder, context embedder, rotary positions and final layer."
     def __init__(self, m, guidance:float=3.5):
@@ -245,7 +252,7 @@ class FluxAdapter(TaskAdapter):
         return self.time_text_embed(c_noise, 1000 * g, pooled_projections)
     def readout(self, h, c): return self.proj_out(self.norm_out(h[0], c))
 
-# %% ../../../nbs/34_convert.ipynb #236a91b0
+# %% ../../../nbs/34_convert.ipynb #8b60a94e
 def layers_of(model) -> list:
     "The model's residual layer stacks in execution order, each block wrapped as a container layer."
     check_convertible(model)
@@ -271,6 +278,7 @@ def partition_of(model, blocks:int, overlap:float=0.05, flow:FlowConfig=None):
     if type(model).__name__ == 'DiTTransformer2DModel': return DiscretePartition.make(blocks, overlap)
     return FlowPartition.make(blocks, overlap, flow or FlowConfig())
 
+# %% ../../../nbs/34_convert.ipynb #59950685
 def wrap_diffusers(model,                   # a diffusers transformer (consumed: its layers move into the blocks)
                    blocks:int=None,         # B
                    layers_per_block:int=None, # or n layers per block (SimpleTuner's name)
@@ -289,7 +297,7 @@ def wrap_diffusers(model,                   # a diffusers transformer (consumed:
     m.source_class, m.source_config = type(model).__name__, dict(model.config)
     return freeze_shared(m) if shared == 'frozen' else m
 
-# %% ../../../nbs/34_convert.ipynb #998a6b86
+# %% ../../../nbs/34_convert.ipynb #96fc3adf
 @torch.no_grad()
 def sample_converted(model:DiffusionBlocks, # a converted model (its process: EDM, flow or DDPM ε)
                      x:torch.Tensor,        # (N, ...) pure noise: ε at the top of the grid (scaled by σ_max for EDM)
@@ -302,6 +310,7 @@ def sample_converted(model:DiffusionBlocks, # a converted model (its process: ED
     from diffusionblocks.sampling import sample_euler
     return sample_euler(model, x, model.sigmas(sample_steps), extra_args=cond)
 
+# %% ../../../nbs/34_convert.ipynb #14b32215
 class RoutedTransformer(nn.Module):
     "A converted diffusers transformer behind its original forward signature, routing each timestep to its block (a stand-in for `pipe.transformer`)."
     def __init__(self, model:DiffusionBlocks, source_config:dict=None):
@@ -319,23 +328,26 @@ class RoutedTransformer(nn.Module):
         "The process's noise level of a diffusers timestep: DiT index, SD3 timestep/1000, Flux t."
         t = torch.as_tensor(timestep, device=device).float().reshape(-1).expand(n)
         return t / 1000 if self.kind == 'SD3Transformer2DModel' else t
-    def forward(self, hidden_states, timestep=None, encoder_hidden_states=None, pooled_projections=None, class_labels=None,
-                guidance=None, img_ids=None, txt_ids=None, return_dict:bool=True, **ignored):
-        m, x = self.model, hidden_states
-        lv = self.level(timestep, x.shape[0], x.device)
-        cond = {k: v for k, v in dict(encoder_hidden_states=encoder_hidden_states, pooled_projections=pooled_projections,
-                                       labels=class_labels, guidance=guidance, img_ids=img_ids, txt_ids=txt_ids).items() if v is not None}
-        if img_ids is not None and img_ids.ndim == 3: cond['img_ids'] = img_ids[0]
-        if txt_ids is not None and txt_ids.ndim == 3: cond['txt_ids'] = txt_ids[0]
-        pr = getattr(m.process, 'base', m.process)
-        ks, out = m.partition.block_of(lv), None
-        for k in ks.unique().tolist():
-            sel = ks.to(x.device) == k
-            o = pr.denoise(m, k, x[sel], lv[sel], **_select(cond, sel))[1]      # native output: ε or v
-            if out is None: out = o.new_empty((x.shape[0],) + o.shape[1:])
-            out[sel] = o
-        if self.kind == 'DiTTransformer2DModel' and self.config.get('out_channels', 0) == 2 * x.shape[1]:
-            out = torch.cat([out, torch.zeros_like(out)], 1)                  # learned-variance channels: unused by DDIM
-        if not return_dict: return (out,)
-        from diffusers.models.modeling_outputs import Transformer2DModelOutput
-        return Transformer2DModelOutput(sample=out)
+
+# %% ../../../nbs/34_convert.ipynb #461fce4a
+@patch
+def forward(self:RoutedTransformer, hidden_states, timestep=None, encoder_hidden_states=None, pooled_projections=None, class_labels=None,
+               guidance=None, img_ids=None, txt_ids=None, return_dict:bool=True, **ignored):
+    m, x = self.model, hidden_states
+    lv = self.level(timestep, x.shape[0], x.device)
+    cond = {k: v for k, v in dict(encoder_hidden_states=encoder_hidden_states, pooled_projections=pooled_projections,
+                                   labels=class_labels, guidance=guidance, img_ids=img_ids, txt_ids=txt_ids).items() if v is not None}
+    if img_ids is not None and img_ids.ndim == 3: cond['img_ids'] = img_ids[0]
+    if txt_ids is not None and txt_ids.ndim == 3: cond['txt_ids'] = txt_ids[0]
+    pr = getattr(m.process, 'base', m.process)
+    ks, out = m.partition.block_of(lv), None
+    for k in ks.unique().tolist():
+        sel = ks.to(x.device) == k
+        o = pr.denoise(m, k, x[sel], lv[sel], **_select(cond, sel))[1]      # native output: ε or v
+        if out is None: out = o.new_empty((x.shape[0],) + o.shape[1:])
+        out[sel] = o
+    if self.kind == 'DiTTransformer2DModel' and self.config.get('out_channels', 0) == 2 * x.shape[1]:
+        out = torch.cat([out, torch.zeros_like(out)], 1)                  # learned-variance channels: unused by DDIM
+    if not return_dict: return (out,)
+    from diffusers.models.modeling_outputs import Transformer2DModelOutput
+    return Transformer2DModelOutput(sample=out)
