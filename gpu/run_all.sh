@@ -19,8 +19,8 @@ part() {   # name seconds command...
 $PY -c "import torch, sys; print(sys.version.split()[0], torch.__version__, torch.cuda.is_available(), torch.cuda.get_device_name() if torch.cuda.is_available() else '')" | tee "$RES/summary.txt"
 nproc | tee -a "$RES/summary.txt"
 part engine 170 env ENGINE_SECONDS=160 OUT="$RES" $PY gpu/engine.py
-part scaling 100 $PY -m diffusionblocks.cli bench scaling --procs 1 2 3 6 --blocks 6 --iterations 100 --device cpu --out "$RES/scaling"
-part nccl 60 $PY -m torch.distributed.run --standalone --nproc-per-node 1 -m diffusionblocks.cli train --config digits --parallel blocks --iterations 60 --n-eval 200 --sample-steps 10 --device cuda --quiet --out "$RES/nccl/run"
+part scaling 100 $PY -m diffusionblocks.cli bench scaling --procs 1 2 3 6 --blocks 6 --baseline-iterations 100 --device cpu --out "$RES/scaling"
+part nccl 60 $PY -m torch.distributed.run --standalone --nproc-per-node 1 -m diffusionblocks.cli train --config digits --parallel blocks --baseline-iterations 60 --n-eval 200 --sample-steps 10 --device cuda --quiet --out "$RES/nccl/run"
 [ -f gpu/reproduce.sh ] && part reproduce 150 env OUT="$RES" bash gpu/reproduce.sh
 [ -f gpu/convert.sh ] && part convert 120 env OUT="$RES" bash gpu/convert.sh
 find "$RES" -name '*.safetensors' -delete; find "$RES" -type d -name checkpoint -prune -exec rm -rf {} +
