@@ -1,27 +1,8 @@
-"Cross-module tests of the ViT classifier: a run through the one runner and the classify command, and the block-local baselines through the engine. (The model's own tests are in nbs/15_vit.ipynb.)"
+"Cross-module tests of the ViT classifier: a run through the one runner and the classify command. (The model's own tests are in nbs/15_vit.ipynb, the block-local baselines' in nbs/16_local_baselines.ipynb.)"
 import json
 import torch
-from diffusionblocks.tasks.classification.vit import ViTConfig
-from diffusionblocks.tasks.classification.baselines import ContrastiveFF, NoPropDT, BackpropCNN, cnn_blocks
-from diffusionblocks.train import Trainer, TrainConfig
 
 torch.set_num_threads(1)
-TINY = ViTConfig(8, 1, 2, 16, 6, 2, 32, 0.)
-QUIET = dict(progress=False, tensorboard=False)
-BF = lambda b: (b[1], {'x': b[0]})
-
-
-def data(n=64, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(n, 1, 8, 8, generator=g), torch.randint(0, 5, (n,), generator=g)
-
-
-def test_local_baselines_train_through_the_engine():
-    x, y = data(32)
-    for model in (ContrastiveFF(TINY, 5, blocks=3), NoPropDT(1, 8, 5, T=3), BackpropCNN(1, 8, 5, T=3), cnn_blocks(1, 8, 5)):
-        tr = Trainer(model, TrainConfig(iterations=3 * model.num_blocks, batch_size=16, **QUIET), (x, y), batch_fn=BF, device='cpu')
-        s = tr.fit()
-        assert sum(s['steps']) == 3 * model.num_blocks and all(torch.isfinite(torch.tensor(v)) for v in s['final_loss'].values())
 
 
 def test_classification_run_through_the_runner_and_the_command(tmp_path, monkeypatch, capsys):
