@@ -6,7 +6,7 @@
 __all__ = ['AR_MODELS', 'two_stream_mask', 'block_causal_mask', 'ARConfig', 'ar_config', 'NextTokenLM', 'ARAdapter', 'ar_blocks',
            'block_pass', 'brute_force_denoise', 'decode_blocks', 'sample_next_token']
 
-# %% ../../../nbs/25_ar.ipynb #04d66351
+# %% ../../../nbs/25_ar.ipynb #8b64d672
 import math, time, dataclasses
 from dataclasses import dataclass
 import torch, torch.nn as nn, torch.nn.functional as F
@@ -19,8 +19,9 @@ from ...processes import TokenNoise, per_position
 from ...sampling import sample_euler, capped_denoiser, decode_cap, top_p_sample
 from ...text_eval import CausalLM
 from ...engine import EngineModel
+from fastcore.basics import patch
 
-# %% ../../../nbs/25_ar.ipynb #e1e41b65
+# %% ../../../nbs/25_ar.ipynb #6d23f3de
 def two_stream_mask(q_clean,        # (Qc,) positions of the clean queries
                     q_noisy,        # (Qn,) positions of the noisy queries
                     k_clean,        # (Kc,) positions of the clean keys (a cache's, then the queries' own)
@@ -35,12 +36,13 @@ def two_stream_mask(q_clean,        # (Qc,) positions of the clean queries
     nn_ = torch.arange(len(q_noisy))[:, None] == torch.arange(len(k_noisy))[None, :] if k_noisy is q_noisy else q_noisy[:, None] == k_noisy[None, :]
     return torch.cat([torch.cat([cc, cn], 1), torch.cat([nc, nn_.to(cc.device)], 1)], 0)
 
+# %% ../../../nbs/25_ar.ipynb #7589ea95
 def block_causal_mask(T:int) -> torch.Tensor:  # (2T, 2T) bool
     "The training mask of a length-T sequence laid out as [clean 0…T−1 ; noisy 0…T−1]."
     p = torch.arange(T)
     return two_stream_mask(p, p, p)
 
-# %% ../../../nbs/25_ar.ipynb #15f436fe
+# %% ../../../nbs/25_ar.ipynb #44051110
 @dataclass(frozen=True)
 class ARConfig:
     "One autoregressive transformer: depth L, width d, heads; the token-embedding width d_e and the conditioning width d_c."
@@ -61,6 +63,7 @@ class ARConfig:
             if not (isinstance(v, int) and v >= 1): raise ConfigError(f"ARConfig.{n} must be an integer >= 1, got {v!r}")
     def to_dict(self): return dataclasses.asdict(self)
 
+# %% ../../../nbs/25_ar.ipynb #de62d652
 AR_MODELS = {'ar-llama-12': ARConfig(12, 768, 12),    # the paper's: 12 Llama-2 layers, d 768, 12 heads (App. E.4)
              'ar-small': ARConfig(12, 64, 4, cond_dim=16), # the CPU preset: 12 layers split evenly for B = 1, 2, 3, 4, 6; d_c = d/4 (per-token AdaLN is costly)
              'ar-tiny': ARConfig(4, 32, 2)}           # tests
@@ -69,7 +72,7 @@ def ar_config(config) -> ARConfig:
     "An ARConfig from an `AR_MODELS` name, a dict of fields, or an ARConfig."
     return config_from(config, AR_MODELS, ARConfig, 'autoregressive model', 'depth/hidden/heads')
 
-# %% ../../../nbs/25_ar.ipynb #a47b4ea6
+# %% ../../../nbs/25_ar.ipynb #e34b9601
 class NextTokenLM(EngineModel):
     "The end-to-end baseline for the engine: one block, next-token cross-entropy over positions 1 … T−1."
     def __init__(self, net:CausalLM): super().__init__([net], split=[len(net.layers)])
@@ -79,7 +82,7 @@ class NextTokenLM(EngineModel):
         ce = F.cross_entropy(self.net(y[:, :-1]).float().flatten(0, 1), y[:, 1:].flatten())
         return ce, {'loss': ce.detach(), 'loss_unweighted': ce.detach()}
 
-# %% ../../../nbs/25_ar.ipynb #4e733e7d
+# %% ../../../nbs/25_ar.ipynb #a442e9c4
 class ARAdapter(TaskAdapter):
     "[clean tokens ; noisy embeddings] stem, per-token σ conditioning, noisy-half readout, logits head."
     def __init__(self,
@@ -111,22 +114,30 @@ class ARAdapter(TaskAdapter):
         N, Tn = c_noise.shape
         s = self.sigma_embedder(c_noise.reshape(-1)).view(N, Tn, -1)
         return torch.cat([self.clean.to(s.dtype).expand(N, n_clean, -1), s], 1)
-    def stem(self, z_in, x=None, **cond):              # z_in: (N, T, d_e); x: (N, T) clean ids
-        if x is None: raise ConfigError("the autoregressive adapter needs the clean tokens: pass x=ids")
-        return self.embed(x, z_in)
-    def condition(self, c_noise, generator=None, x=None, **cond):   # c_noise: (N, T) or (N,)
-        if c_noise.ndim == 1: c_noise = c_noise[:, None].expand(-1, x.shape[1])
-        return self.cond(c_noise, x.shape[1])
-    def layer_kwargs(self, x=None, **cond):
-        T, dev = x.shape[1], x.device
-        if (T, dev) not in self._masks: self._masks = {(T, dev): (torch.arange(T, device=dev).repeat(2), block_causal_mask(T).to(dev))}
-        pos, mask = self._masks[(T, dev)]
-        return dict(positions=pos, attn_mask=mask)
-    def read(self, h, c, n:int): return self.final_layer(h[:, -n:], c[:, -n:])   # F of the last n (noisy) tokens
-    def readout(self, h, c): return self.read(h, c, h.shape[1] // 2)            # (N, T, d_e)
-    def head(self, D, c): return self.out(D, c[:, -D.shape[1]:])                # (N, T, V) logits
 
-# %% ../../../nbs/25_ar.ipynb #661b2dea
+# %% ../../../nbs/25_ar.ipynb #463595c1
+@patch
+def stem(self:ARAdapter, z_in, x=None, **cond):              # z_in: (N, T, d_e); x: (N, T) clean ids
+    if x is None: raise ConfigError("the autoregressive adapter needs the clean tokens: pass x=ids")
+    return self.embed(x, z_in)
+@patch
+def condition(self:ARAdapter, c_noise, generator=None, x=None, **cond):   # c_noise: (N, T) or (N,)
+    if c_noise.ndim == 1: c_noise = c_noise[:, None].expand(-1, x.shape[1])
+    return self.cond(c_noise, x.shape[1])
+@patch
+def layer_kwargs(self:ARAdapter, x=None, **cond):
+    T, dev = x.shape[1], x.device
+    if (T, dev) not in self._masks: self._masks = {(T, dev): (torch.arange(T, device=dev).repeat(2), block_causal_mask(T).to(dev))}
+    pos, mask = self._masks[(T, dev)]
+    return dict(positions=pos, attn_mask=mask)
+@patch
+def read(self:ARAdapter, h, c, n:int): return self.final_layer(h[:, -n:], c[:, -n:])   # F of the last n (noisy) tokens
+@patch
+def readout(self:ARAdapter, h, c): return self.read(h, c, h.shape[1] // 2)            # (N, T, d_e)
+@patch
+def head(self:ARAdapter, D, c): return self.out(D, c[:, -D.shape[1]:])                # (N, T, V) logits
+
+# %% ../../../nbs/25_ar.ipynb #5e64684a
 def ar_blocks(config='ar-small',        # an AR_MODELS name, a dict of ARConfig fields, or an ARConfig
               vocab_size:int=65,         # V
               seq_len:int=None,          # longest sequence (None: any)
@@ -147,7 +158,7 @@ def ar_blocks(config='ar-small',        # an AR_MODELS name, a dict of ARConfig 
     model.ar_config = cfg
     return model
 
-# %% ../../../nbs/25_ar.ipynb #a24f33fe
+# %% ../../../nbs/25_ar.ipynb #6c937f3e
 def block_pass(model:DiffusionBlocks,   # an `ar_blocks` model
                k:int,                   # the block
                x,                       # (N, Tc) clean tokens of this call (after any cached ones)
@@ -167,6 +178,7 @@ def block_pass(model:DiffusionBlocks,   # an `ar_blocks` model
     D = c_skip(s, sd) * z + c_out(s, sd) * ad.read(h, c, z.shape[1]).to(z.dtype)
     return D, ad.head(D, c)
 
+# %% ../../../nbs/25_ar.ipynb #ce30cebc
 def brute_force_denoise(model:DiffusionBlocks, k:int, z, sigma, x) -> tuple:
     "The 2L mask's reference: token i's (D, logits) from its own plain causal pass over [x_0 … x_{i−1}, z_i]."
     sigma, out = per_position(sigma, z), []
@@ -175,7 +187,7 @@ def brute_force_denoise(model:DiffusionBlocks, k:int, z, sigma, x) -> tuple:
                               torch.ones(i + 1, i + 1, dtype=torch.bool, device=z.device).tril()))
     return torch.cat([o[0] for o in out], 1), torch.cat([o[1] for o in out], 1)
 
-# %% ../../../nbs/25_ar.ipynb #52e6ab60
+# %% ../../../nbs/25_ar.ipynb #18244aa2
 @torch.no_grad()
 def decode_blocks(model:DiffusionBlocks,  # an `ar_blocks` model
                   prompt,                 # (N, P) token ids, P >= 0
@@ -222,6 +234,7 @@ def decode_blocks(model:DiffusionBlocks,  # an `ar_blocks` model
     finally: model.train(was)
     return ids
 
+# %% ../../../nbs/25_ar.ipynb #36d0bbcd
 @torch.no_grad()
 def sample_next_token(lm,                   # a CausalLM (or NextTokenLM)
                       prompt,               # (N, P) token ids, P >= 1

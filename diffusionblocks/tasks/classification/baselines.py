@@ -6,7 +6,7 @@
 __all__ = ['supcon_loss', 'FFUnit', 'ContrastiveFF', 'NoPropCNN', 'noprop_schedule', 'NoPropDT', 'BackpropCNN', 'CNNDenoiser',
            'CNNAdapter', 'cnn_blocks']
 
-# %% ../../../nbs/16_local_baselines.ipynb #c67e1365
+# %% ../../../nbs/16_local_baselines.ipynb #0fd05dde
 import math
 import torch, torch.nn as nn, torch.nn.functional as F
 from ...noise import EDMConfig
@@ -16,6 +16,7 @@ from ...blocks import TaskAdapter, DiffusionBlocks, EmbeddingTarget
 from ...partition import split_layers
 from .vit import ViTConfig, vit_config, ViT
 from ...engine import EngineModel
+from fastcore.basics import patch
 
 # %% ../../../nbs/16_local_baselines.ipynb #09f9d75d
 def supcon_loss(f,             # (N, D) features (normalised here)
@@ -35,7 +36,7 @@ def supcon_loss(f,             # (N, D) features (normalised here)
     per = -(logp.masked_fill(~pos, 0.).sum(-1))[keep] / npos[keep]
     return per.mean()
 
-# %% ../../../nbs/16_local_baselines.ipynb #47fe766f
+# %% ../../../nbs/16_local_baselines.ipynb #00fa30aa
 class FFUnit(nn.Module):
     "One Forward-Forward unit: (the embedding, for unit 0) + a contiguous slice of ViT layers."
     def __init__(self, layers, embed=None):
@@ -46,6 +47,7 @@ class FFUnit(nn.Module):
         for layer in self.layers: h = layer(h)
         return h
 
+# %% ../../../nbs/16_local_baselines.ipynb #0c43ab97
 class ContrastiveFF(EngineModel):
     "Contrastive Forward-Forward on the ViT: B units with local SupCon losses on detached inputs, a linear probe."
     def __init__(self, cfg, num_classes:int, blocks:int=3, tau:float=0.15, split=None):
@@ -57,24 +59,27 @@ class ContrastiveFF(EngineModel):
         super().__init__(units, {'probe': probe}, [len(g) for g in groups])
         self.cfg, self.tau = cfg, tau
 
-    def loss(self, k, y, generator=None, x=None, **cond):
-        h = x
-        with torch.no_grad():
-            for j in range(k): h = self.blocks[j](h)                         # earlier units: no graph
-        h = self.blocks[k](h.detach())                                       # unit k: its own graph only
-        local = supcon_loss(h.mean(1), y, self.tau)
-        with torch.no_grad():
-            hL = h
-            for j in range(k + 1, self.num_blocks): hL = self.blocks[j](hL)
-        ce = F.cross_entropy(self.shared['probe'](hL.detach().mean(1)).float(), y)   # probe: shared, detached features
-        return local + ce, {'loss': local.detach(), 'loss_unweighted': ce.detach()}
+# %% ../../../nbs/16_local_baselines.ipynb #61dc6111
+@patch
+def loss(self:ContrastiveFF, k, y, generator=None, x=None, **cond):
+    h = x
+    with torch.no_grad():
+        for j in range(k): h = self.blocks[j](h)                         # earlier units: no graph
+    h = self.blocks[k](h.detach())                                       # unit k: its own graph only
+    local = supcon_loss(h.mean(1), y, self.tau)
+    with torch.no_grad():
+        hL = h
+        for j in range(k + 1, self.num_blocks): hL = self.blocks[j](hL)
+    ce = F.cross_entropy(self.shared['probe'](hL.detach().mean(1)).float(), y)   # probe: shared, detached features
+    return local + ce, {'loss': local.detach(), 'loss_unweighted': ce.detach()}
 
-    def predict(self, x):
-        h = x
-        for u in self.blocks: h = u(h)
-        return self.shared['probe'](h.mean(1))
+@patch
+def predict(self:ContrastiveFF, x):
+    h = x
+    for u in self.blocks: h = u(h)
+    return self.shared['probe'](h.mean(1))
 
-# %% ../../../nbs/16_local_baselines.ipynb #ed7ee695
+# %% ../../../nbs/16_local_baselines.ipynb #34c868e2
 class NoPropCNN(nn.Module):
     "NoProp's denoising block: image branch + label branch (+ an optional noise embedding) → MLP → out_dim."
     def __init__(self,
@@ -103,7 +108,7 @@ class NoPropCNN(nn.Module):
         parts = [fx, fz] + ([t] if self.time_dim else [])
         return self.mlp(torch.cat(parts, -1))
 
-# %% ../../../nbs/16_local_baselines.ipynb #bcc58f20
+# %% ../../../nbs/16_local_baselines.ipynb #17056b65
 def noprop_schedule(T:int, max_alpha:float=0.999) -> dict:
     "NoProp-DT's cosine schedule (t = 0…T, noise → clean): alpha_bar, snr and the posterior coefficients a, b, c (index t)."
     t = torch.arange(T + 1, dtype=torch.float64)
@@ -117,7 +122,7 @@ def noprop_schedule(T:int, max_alpha:float=0.999) -> dict:
         a[s], b[s], c[s] = ab[s].sqrt() / ((1 - ab[s]) * P), al.sqrt() / ((1 - al) * P), 1 / P
     return dict(alpha_bar=ab, snr=snr, a=a, b=b, c=c)
 
-# %% ../../../nbs/16_local_baselines.ipynb #85eeb8b4
+# %% ../../../nbs/16_local_baselines.ipynb #5e53e656
 class _NoPropChain(EngineModel):
     "Shared NoProp machinery: label table W, schedule buffers, the inference chain z_0 → z_T → logits."
     def _setup(self, num_classes, T, eta, learn_embedding):
@@ -140,6 +145,7 @@ class _NoPropChain(EngineModel):
         return self.out(z)
     def predict(self, x, generator=None, stochastic=False): return self.chain(x, generator, stochastic)
 
+# %% ../../../nbs/16_local_baselines.ipynb #6490eb22
 class NoPropDT(_NoPropChain):
     "NoProp-DT: T CNN blocks, each trained alone to denoise the label embedding; shared output layer (and table)."
     def __init__(self, in_ch:int, image_size:int, num_classes:int, T:int=3, eta:float=0.1, learn_embedding:bool=False, width:int=256):
@@ -165,6 +171,7 @@ class NoPropDT(_NoPropChain):
         loss = ce + kl + denoise
         return loss, {'loss': loss.detach(), 'loss_unweighted': mse.detach()}
 
+# %% ../../../nbs/16_local_baselines.ipynb #16352483
 class BackpropCNN(_NoPropChain):
     "The same chain of T NoProp CNNs trained end to end: CE on the output, backprop through the sampled path."
     def __init__(self, in_ch:int, image_size:int, num_classes:int, T:int=3, width:int=256):
@@ -179,7 +186,7 @@ class BackpropCNN(_NoPropChain):
         ce = F.cross_entropy(self.chain(x, generator, stochastic=True).float(), y)
         return ce, {'loss': ce.detach(), 'loss_unweighted': ce.detach()}
 
-# %% ../../../nbs/16_local_baselines.ipynb #dc59f864
+# %% ../../../nbs/16_local_baselines.ipynb #f6e4781c
 class CNNDenoiser(nn.Module):
     "A whole NoProp CNN as one DiffusionBlocks layer: (h = c_in·z_σ, c = noise embedding, x = image) → F."
     def __init__(self, cnn:NoPropCNN): super().__init__(); self.cnn = cnn
@@ -198,6 +205,7 @@ class CNNAdapter(TaskAdapter):
     def head(self, D, c): return self.out(D)                                                     # (N, C)
     def layer_kwargs(self, x=None, **cond): return {'x': x}
 
+# %% ../../../nbs/16_local_baselines.ipynb #7de0db18
 def cnn_blocks(in_ch:int, image_size:int, num_classes:int,
                blocks:int=3,          # B: one NoProp CNN per block
                overlap:float=0.1,     # γ (the paper's NoProp comparison: 0.1)

@@ -20,7 +20,7 @@ from ...sampling import sample_euler, capped_denoiser
 from .profiles import Profile, get_profile
 from ...engine import EngineModel
 
-# %% ../../../nbs/15_vit.ipynb #9a2d865d
+# %% ../../../nbs/15_vit.ipynb #a5bdfd1e
 @dataclass(frozen=True)
 class ViTConfig:
     "One ViT size; validated on construction (one-line ValueError naming the field)."
@@ -46,6 +46,7 @@ class ViTConfig:
     def num_patches(self): return (self.image_size // self.patch) ** 2
     def to_dict(self): return dataclasses.asdict(self)
 
+# %% ../../../nbs/15_vit.ipynb #97f15b4c
 VIT_CONFIGS = {
     'vit-cifar': ViTConfig(32, 3, 4, 128, 12, 4, 3072, 0.1),
     'vit-cifar-4x': ViTConfig(32, 3, 4, 128, 12, 4, 512, 0.1),
@@ -57,7 +58,7 @@ def vit_config(name) -> ViTConfig:
     "A ViTConfig from a `VIT_CONFIGS` key, a dict of fields, or a ViTConfig."
     return config_from(name, VIT_CONFIGS, ViTConfig, 'ViT config')
 
-# %% ../../../nbs/15_vit.ipynb #979a5d1d
+# %% ../../../nbs/15_vit.ipynb #64b939ed
 def _hf_init(module, std=0.02):
     "HF ViT initialisation: truncated-normal Linear/Conv weights, zero biases, unit LayerNorm."
     for m in module.modules():
@@ -66,6 +67,7 @@ def _hf_init(module, std=0.02):
             if m.bias is not None: nn.init.zeros_(m.bias)
         elif isinstance(m, nn.LayerNorm) and m.elementwise_affine: nn.init.ones_(m.weight); nn.init.zeros_(m.bias)
 
+# %% ../../../nbs/15_vit.ipynb #63467b7a
 class ViTLayer(nn.Module):
     "Pre-LN transformer layer (HF `ViTLayer`): h + Attn(LN(h)), then h + MLP(LN(h))."
     def __init__(self, dim:int, heads:int, mlp_dim:int, dropout:float=0., eps:float=1e-12):
@@ -76,6 +78,7 @@ class ViTLayer(nn.Module):
         h = h + self.attn(self.norm1(h), attn_mask)
         return h + self.mlp(self.norm2(h))
 
+# %% ../../../nbs/15_vit.ipynb #853b7af1
 class ViTEmbed(nn.Module):
     "Patch embedding + optional learned CLS token + learned position embeddings + dropout: images → tokens."
     def __init__(self, cfg:ViTConfig, cls_token:bool=True):
@@ -92,6 +95,7 @@ class ViTEmbed(nn.Module):
         t0 = self.cls.expand(p.shape[0], -1, -1) if first is None else first[:, None].to(p.dtype)
         return self.drop(torch.cat([t0, p], 1) + self.pos)   # (N, T+1, d)
 
+# %% ../../../nbs/15_vit.ipynb #db56fa02
 class ViT(nn.Module):
     "The end-to-end baseline: ViT with a CLS head (HF `ViTForImageClassification`), trained with cross-entropy."
     def __init__(self, cfg:ViTConfig, num_classes:int):
@@ -108,7 +112,7 @@ class ViT(nn.Module):
         return self.norm(h)
     def forward(self, x): return self.head(self.features(x)[:, 0])   # (N, num_classes) logits from the CLS token
 
-# %% ../../../nbs/15_vit.ipynb #5bc8aadb
+# %% ../../../nbs/15_vit.ipynb #4fd952f8
 class ViTAdapter(TaskAdapter):
     "The DiffusionBlocks ViT: noisy label token in the CLS slot + patches, σ conditioning, token-0 readout, logits head."
     def __init__(self, cfg:ViTConfig, num_classes:int, profile='paper'):
@@ -129,6 +133,7 @@ class ViTAdapter(TaskAdapter):
     def readout(self, h, c): return self.norm(h)[:, 0]          # (N, T+1, d) -> F: (N, d)
     def head(self, D, c): return self.out(D, c)                 # (N, d) -> logits (N, C)
 
+# %% ../../../nbs/15_vit.ipynb #5a06a4d4
 BLOCK0_SIGMA = ('log-normal', 'log-uniform')
 
 class LogUniform:
@@ -143,6 +148,7 @@ class LogUniform:
         return torch.where(u <= 0, self.lo, torch.where(u >= 1, self.hi, s))
     def sample(self, n:int, generator=None, device=None): return self.icdf(torch.rand(n, generator=generator, dtype=torch.float64, device=device))
 
+# %% ../../../nbs/15_vit.ipynb #0c62f3b5
 @dataclass(frozen=True)
 class CoverPartition(Partition):
     "Block 0 draws its training σ log-uniformly over its widened range, so it trains where inference calls it (up to σ_max); other blocks and routing unchanged."
@@ -155,6 +161,7 @@ class CoverPartition(Partition):
     def block_of(self, sigma, tol:float=1e-6):
         return (HigherTiePartition.block_of if self.tie_rule == 'higher' else Partition.block_of)(self, sigma, tol)
 
+# %% ../../../nbs/15_vit.ipynb #45122dcb
 def vit_blocks(cfg,                          # a VIT_CONFIGS key, a dict of ViTConfig fields, or a ViTConfig
                num_classes:int,              # C
                blocks:int=3,                 # B (1: the same network as one block trained on the whole σ range)
@@ -182,11 +189,12 @@ def vit_blocks(cfg,                          # a VIT_CONFIGS key, a dict of ViTC
     model.vit_config, model.profile = cfg, prof
     return model
 
-# %% ../../../nbs/15_vit.ipynb #8c7c0fb6
+# %% ../../../nbs/15_vit.ipynb #ca21b01d
 def train_quantile(model:DiffusionBlocks, k:int=0, q:float=0.999) -> float:
     "The q-quantile of the σ block k trains on (its widened range under the truncated log-normal)."
     return model.partition.noise_law(k).icdf(torch.tensor(q, dtype=torch.float64)).item()
 
+# %% ../../../nbs/15_vit.ipynb #43df9409
 @torch.no_grad()
 def classify(model:DiffusionBlocks,   # a DiffusionBlocks classifier (EmbeddingTarget), e.g. `vit_blocks(...)`
              x,                       # (N, ...) inputs, passed to the adapter as `x=`
@@ -229,7 +237,7 @@ def classify(model:DiffusionBlocks,   # a DiffusionBlocks classifier (EmbeddingT
     finally: model.train(was)
     return logits.float()
 
-# %% ../../../nbs/15_vit.ipynb #da753c81
+# %% ../../../nbs/15_vit.ipynb #c10b70a4
 @torch.no_grad()
 def block_accuracy(model:DiffusionBlocks, k:int, x, labels, sigma:float, seed:int=0, batch_size:int=500) -> float:
     "Accuracy of block k's logits from one call at σ on a pure-noise label state σ·ε (image only)."
@@ -246,7 +254,7 @@ def block_accuracy(model:DiffusionBlocks, k:int, x, labels, sigma:float, seed:in
     finally: model.train(was)
     return right / len(x)
 
-# %% ../../../nbs/15_vit.ipynb #5e29ded7
+# %% ../../../nbs/15_vit.ipynb #491138fe
 def expected_calibration_error(probs,        # (N, C) class probabilities
                                labels,       # (N,) true classes
                                bins:int=15,  # equal-width confidence bins on (0, 1]
@@ -262,6 +270,7 @@ def expected_calibration_error(probs,        # (N, C) class probabilities
         if m.any(): ece += m.float().mean() * (correct[m].mean() - conf[m].mean()).abs()
     return ece.item()
 
+# %% ../../../nbs/15_vit.ipynb #b9d23748
 @torch.no_grad()
 def evaluate_classifier(predict,             # x (n, ...) on `device` -> logits (n, C)
                         images, labels,      # (N, ...) inputs and (N,) labels (any device)
@@ -277,7 +286,7 @@ def evaluate_classifier(predict,             # x (n, ...) on `device` -> logits 
     return dict(accuracy=(probs.argmax(-1) == labels).float().mean().item(), ece=expected_calibration_error(probs, labels, bins),
                 nll=F.cross_entropy(logits, labels).item(), n=len(labels))
 
-# %% ../../../nbs/15_vit.ipynb #843965b6
+# %% ../../../nbs/15_vit.ipynb #1e3174fb
 class Supervised(EngineModel):
     "A network trained end to end with cross-entropy, as one engine block: the end-to-end baseline."
     def __init__(self, net:nn.Module): super().__init__([net], split=[len(getattr(net, 'layers', [net]))])

@@ -44,7 +44,7 @@ class LoRALinear(nn.Linear):
         return F.linear(x, self.weight, self.bias) + self.scale * F.linear(F.linear(x, self.lora_A), self.lora_B)
     def extra_repr(self): return f'{super().extra_repr()}, rank={self.rank}, alpha={self.alpha:g}'
 
-# %% ../../../nbs/35_lora.ipynb #cc5c0860
+# %% ../../../nbs/35_lora.ipynb #7353f4fb
 DEFAULT_TARGETS = ('qkv', 'proj', 'fc1', 'fc2')
 DIFFUSERS_TARGETS = ('to_q', 'to_k', 'to_v', 'to_out.0', 'add_q_proj', 'add_k_proj', 'add_v_proj', 'to_add_out',
                      'ff.net.0.proj', 'ff.net.2', 'ff_context.net.0.proj', 'ff_context.net.2', 'proj_mlp')
@@ -61,11 +61,14 @@ def is_lora_name(name:str) -> bool:
     "Whether a parameter name belongs to a LoRA adapter (ours or peft's)."
     return any(p in ('lora_A', 'lora_B') for p in name.split('.'))
 
+# %% ../../../nbs/35_lora.ipynb #45a11f83
 def _is_peft_layer(m) -> bool: return type(m).__module__.startswith('peft.') and hasattr(m, 'base_layer') and hasattr(m, 'lora_A')
 
 def _set_child(root:nn.Module, name:str, new:nn.Module):
     parent, _, leaf = name.rpartition('.')
     setattr(root.get_submodule(parent) if parent else root, leaf, new)
+
+def _parents(name:str): parts = name.split('.'); return ['.'.join(parts[:i]) for i in range(1, len(parts))]
 
 def add_lora(module:nn.Module,         # a model, a block, or any module holding nn.Linear layers
              rank:int=8,               # r
@@ -95,9 +98,7 @@ def add_lora(module:nn.Module,         # a model, a block, or any module holding
         p.requires_grad_(is_lora_name(n) or (not freeze and flags.get(n, True)))
     return names
 
-def _parents(name:str): parts = name.split('.'); return ['.'.join(parts[:i]) for i in range(1, len(parts))]
-
-# %% ../../../nbs/35_lora.ipynb #3e36ceb7
+# %% ../../../nbs/35_lora.ipynb #6f777d83
 def merge_lora(module:nn.Module) -> nn.Module:
     "Fold every LoRA adapter of `module` into its base weights and replace it by a plain nn.Linear (in place; returns module)."
     if isinstance(module, LoRALinear) or _is_peft_layer(module): raise ConfigError("merge_lora needs the module holding the LoRA layer, not the layer itself")
@@ -112,7 +113,7 @@ def merge_lora(module:nn.Module) -> nn.Module:
             m.merge(); _set_child(module, name, m.get_base_layer())
     return module
 
-# %% ../../../nbs/35_lora.ipynb #386f4a67
+# %% ../../../nbs/35_lora.ipynb #7f58446d
 LORA_FORMAT = 'diffusionblocks-lora'
 
 def _canonical(name:str) -> str:
@@ -133,6 +134,7 @@ def lora_state(block:nn.Module) -> dict:
     "{portable name: tensor} of the LoRA parameters in `block` (detached)."
     return {_canonical(n): p.detach() for n, p in block.named_parameters() if is_lora_name(n)}
 
+# %% ../../../nbs/35_lora.ipynb #a8f19a99
 def _nominal(model, k):
     P = model.partition
     return [float(v) for v in P.nominal(k)] if hasattr(P, 'nominal') else None
@@ -161,6 +163,7 @@ def read_block_lora(path) -> tuple:
     if meta.get('format') != LORA_FORMAT: raise CheckpointError(f"{path} is not a block LoRA file (format {meta.get('format')!r}, expected {LORA_FORMAT!r})")
     return tensors, meta
 
+# %% ../../../nbs/35_lora.ipynb #69223fa4
 def load_block_lora(model,            # a DiffusionBlocks model (adapters are added to block k if it has none)
                     k:int,            # the block to load into
                     path,             # a file written by save_block_lora
@@ -186,6 +189,7 @@ def load_block_lora(model,            # a DiffusionBlocks model (adapters are ad
             p.copy_(tensors[key])
     return [n for n, _ in params.values()]
 
+# %% ../../../nbs/35_lora.ipynb #68fcd546
 def lora_model(model,          # a DiffusionBlocks model (the base weights)
                paths,          # {k: file} or a list with one file (or None) per block
                merge:bool=False, # fold the adapters into the base weights after loading

@@ -6,7 +6,7 @@
 __all__ = ['DIT_MODELS', 'get_2d_sincos_pos_embed', 'patchify', 'unpatchify', 'DiTAdapter', 'DiTConfig', 'dit_config',
            'dit_blocks', 'dit_param_count', 'guided_denoiser', 'sample_images']
 
-# %% ../../../nbs/10_dit.ipynb #1cd530bd
+# %% ../../../nbs/10_dit.ipynb #211fd22b
 import math, warnings
 from ...errors import ConfigError, config_from
 from dataclasses import dataclass
@@ -16,6 +16,7 @@ from ...partition import Partition
 from ...layers import SigmaEmbedder, LabelEmbedder, AdaLNZeroLayer, ModulatedOutput
 from ...blocks import TaskAdapter, DiffusionBlocks
 from ...sampling import SAMPLERS, cfg_denoiser, _with_grid
+from fastcore.basics import patch
 
 # %% ../../../nbs/10_dit.ipynb #22fa7eb2
 def _sincos_1d(dim:int, pos):  # pos: (M,) float64 -> (M, dim), order [sin, cos]
@@ -54,7 +55,7 @@ def unpatchify(x,          # (N, T, p·p·C) tokens
     x = x.reshape(N, gh, gw, patch, patch, channels)
     return torch.einsum('nhwpqc->nchpwq', x).reshape(N, channels, gh * patch, gw * patch)
 
-# %% ../../../nbs/10_dit.ipynb #8c60d988
+# %% ../../../nbs/10_dit.ipynb #ce649251
 class DiTAdapter(TaskAdapter):
     "DiT as a task adapter: patch-embedding stem, σ + label conditioning, modulated readout + unpatchify."
     def __init__(self,
@@ -82,25 +83,27 @@ class DiTAdapter(TaskAdapter):
     @property
     def num_tokens(self): return self.grid[0] * self.grid[1]
 
-    def stem(self, z_in, **cond):  # z_in: (N, C, H, W) = c_in·z -> (N, T, d)
-        return self.x_embedder(z_in).flatten(2).transpose(1, 2) + self.pos_embed
+# %% ../../../nbs/10_dit.ipynb #6a295710
+@patch
+def stem(self:DiTAdapter, z_in, **cond):  # z_in: (N, C, H, W) = c_in·z -> (N, T, d)
+    return self.x_embedder(z_in).flatten(2).transpose(1, 2) + self.pos_embed
+@patch
+def null_labels(self:DiTAdapter, n:int, device=None):
+    "The null (unconditional) class for n samples."
+    return torch.full((n,), self.num_classes, dtype=torch.long, device=device)
+@patch
+def condition(self:DiTAdapter, c_noise, labels=None, force_drop=None, generator=None, **cond):  # c_noise: (N,), labels: (N,) or None -> (N, d)
+    c = self.sigma_embedder(c_noise)
+    if self.label_embedder is None:
+        if labels is not None: raise ConfigError("this DiT is unconditional (num_classes=0) but labels were given")
+        return c
+    if labels is None: labels = self.null_labels(c.shape[0], c.device)
+    return c + self.label_embedder(labels, force_drop, generator)   # label dropout draws from the loss's generator
+@patch
+def readout(self:DiTAdapter, h, c):  # h: (N, T, d), c: (N, d) -> F: (N, C, H, W)
+    return unpatchify(self.final_layer(h, c), self.patch, self.channels, self.grid)
 
-    def null_labels(self, n:int, device=None):
-        "The null (unconditional) class for n samples."
-        return torch.full((n,), self.num_classes, dtype=torch.long, device=device)
-
-    def condition(self, c_noise, labels=None, force_drop=None, generator=None, **cond):  # c_noise: (N,), labels: (N,) or None -> (N, d)
-        c = self.sigma_embedder(c_noise)
-        if self.label_embedder is None:
-            if labels is not None: raise ConfigError("this DiT is unconditional (num_classes=0) but labels were given")
-            return c
-        if labels is None: labels = self.null_labels(c.shape[0], c.device)
-        return c + self.label_embedder(labels, force_drop, generator)   # label dropout draws from the loss's generator
-
-    def readout(self, h, c):  # h: (N, T, d), c: (N, d) -> F: (N, C, H, W)
-        return unpatchify(self.final_layer(h, c), self.patch, self.channels, self.grid)
-
-# %% ../../../nbs/10_dit.ipynb #5c354a02
+# %% ../../../nbs/10_dit.ipynb #32400933
 @dataclass(frozen=True)
 class DiTConfig:
     "One DiT size: depth L, width d, heads, patch size p, MLP ratio."
@@ -113,15 +116,17 @@ class DiTConfig:
         if self.hidden % self.heads: raise ConfigError(f"hidden={self.hidden} is not divisible by heads={self.heads}")
         if self.hidden % 4: raise ConfigError(f"hidden={self.hidden} must be divisible by 4 (2-D sin-cos position embedding)")
 
+# %% ../../../nbs/10_dit.ipynb #fa3f4d4a
 _SIZES = {'XL': (28, 1152, 16), 'L': (24, 1024, 16), 'B': (12, 768, 12), 'S': (12, 384, 6)}
 DIT_MODELS = {f'DiT-{s}/{p}': DiTConfig(L, d, h, p) for s, (L, d, h) in _SIZES.items() for p in (2, 4, 8)}
 DIT_MODELS.update({'DiT-T/2': DiTConfig(6, 64, 4, 2), 'DiT-T/4': DiTConfig(6, 64, 4, 4), 'DiT-tiny': DiTConfig(3, 32, 2, 2)})
 
-# %% ../../../nbs/10_dit.ipynb #fd4a11c4
+# %% ../../../nbs/10_dit.ipynb #7cff72de
 def dit_config(name) -> DiTConfig:
     "A DiTConfig from a `DIT_MODELS` name, a dict of fields, or a DiTConfig."
     return config_from(name, DIT_MODELS, DiTConfig, 'DiT model')
 
+# %% ../../../nbs/10_dit.ipynb #eb8e75d9
 def dit_blocks(name,                     # a key of DIT_MODELS (e.g. 'DiT-S/2') or a DiTConfig
                image_size,               # H (square) or (H, W) of the diffused image/latent
                channels:int,             # C
@@ -146,7 +151,7 @@ def dit_blocks(name,                     # a key of DIT_MODELS (e.g. 'DiT-S/2') 
     model.dit_config = cfg
     return model
 
-# %% ../../../nbs/10_dit.ipynb #57f332f5
+# %% ../../../nbs/10_dit.ipynb #f7c26fe7
 def dit_param_count(name,            # registry key or DiTConfig
                     image_size,      # H or (H, W)
                     channels:int,    # C
@@ -160,7 +165,7 @@ def dit_param_count(name,            # registry key or DiTConfig
     count = lambda mod: sum(p.numel() for p in mod.parameters())
     return dict(layer=count(layer), adapter=count(adapter), depth=cfg.depth)
 
-# %% ../../../nbs/10_dit.ipynb #34195b38
+# %% ../../../nbs/10_dit.ipynb #e56b3da1
 def guided_denoiser(model:DiffusionBlocks, # a DiT DiffusionBlocks model (eval mode)
                     labels=None,           # (N,) class ids, or None for the unconditional model
                     cfg_scale:float=1.,    # guidance scale s (1: conditional; 0: unconditional)
@@ -171,7 +176,7 @@ def guided_denoiser(model:DiffusionBlocks, # a DiT DiffusionBlocks model (eval m
     guided = cfg_denoiser(model, cfg_scale, {'labels': null})
     return _with_grid(lambda z, sigma: guided(z, sigma_like(sigma, z, flat=True), labels=labels), model)
 
-# %% ../../../nbs/10_dit.ipynb #c734ec8e
+# %% ../../../nbs/10_dit.ipynb #9896dfd0
 @torch.no_grad()
 def sample_images(model:DiffusionBlocks,  # a DiT DiffusionBlocks model
                   n:int,                  # number of images

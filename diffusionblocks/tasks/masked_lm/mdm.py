@@ -16,7 +16,7 @@ from ...layers import SigmaEmbedder, AdaLNZeroLayer, ModulatedOutput, RotaryAtte
 from ...blocks import TaskAdapter, DiffusionBlocks
 from ...processes import MaskedDiffusion, mask_tokens, subs_log_probs
 
-# %% ../../../nbs/19_mdm.ipynb #4950321b
+# %% ../../../nbs/19_mdm.ipynb #a9aa8b63
 class RotaryLayer(AdaLNZeroLayer):
     "The AdaLN-Zero transformer layer with rotary attention (identity at initialisation, like its parent)."
     def __init__(self, dim:int, heads:int, cond_dim:int, mlp_dim:int=None, dropout:float=0., qkv_bias:bool=True):
@@ -26,6 +26,7 @@ class RotaryLayer(AdaLNZeroLayer):
         for m in self.attn.modules():
             if isinstance(m, nn.Linear): self.init_linear(m)
 
+# %% ../../../nbs/19_mdm.ipynb #525f4422
 class MDMAdapter(TaskAdapter):
     "Masked-token adapter: token + position embedding stem, t conditioning, modulated readout to V logits."
     def __init__(self,
@@ -46,6 +47,7 @@ class MDMAdapter(TaskAdapter):
     def condition(self, c_noise, generator=None, **cond): return self.sigma_embedder(c_noise)   # (N, d)
     def readout(self, h, c): return self.final_layer(h, c)                                     # (N, T, V) logits
 
+# %% ../../../nbs/19_mdm.ipynb #252b34d3
 @dataclass(frozen=True)
 class MDMConfig:
     "One transformer size: depth L, width d, heads, MLP ratio."
@@ -64,6 +66,7 @@ def mdm_config(config) -> MDMConfig:
     "An MDMConfig from a registry name, a dict of fields, or an MDMConfig."
     return config_from(config, MDM_MODELS, MDMConfig, 'masked-diffusion model', 'depth/hidden/heads')
 
+# %% ../../../nbs/19_mdm.ipynb #7483349c
 def mdm_blocks(config='mdm-small',       # an MDM_MODELS name, a dict of MDMConfig fields, or an MDMConfig
                vocab_size:int=27,         # V (text8: 27)
                seq_len:int=256,           # T
@@ -82,7 +85,7 @@ def mdm_blocks(config='mdm-small',       # an MDM_MODELS name, a dict of MDMConf
     return DiffusionBlocks(layers, MDMAdapter(vocab_size, seq_len, cfg.hidden), part, split=split, share_adapter=share_adapter,
                            process=MaskedDiffusion(vocab_size))
 
-# %% ../../../nbs/19_mdm.ipynb #42c5197b
+# %% ../../../nbs/19_mdm.ipynb #07d670c8
 @torch.no_grad()
 def elbo_bpc(model,                    # model(x_t, t) -> (N, T, V) SUBS log-probs, e.g. a masked-diffusion DiffusionBlocks
              tokens,                   # (N, T) test sequences
@@ -124,7 +127,7 @@ def elbo_bpc(model,                    # model(x_t, t) -> (N, T, V) SUBS log-pro
     return dict(bpc=tot.mean().item() / ln2, bpc_stderr=se(tot), bpc_per_block=[v.item() / ln2 for v in per.mean(0)],
                 bpc_per_block_stderr=[se(per[:, j]) for j in range(B)], n_sequences=N, samples=n)
 
-# %% ../../../nbs/19_mdm.ipynb #944e2dfa
+# %% ../../../nbs/19_mdm.ipynb #b47816bc
 class UnigramDenoiser(nn.Module):
     "The Bayes-optimal denoiser of i.i.d. characters with law p: p at every masked position (SUBS), for any t."
     def __init__(self, p, mask_id:int=None):
@@ -135,7 +138,7 @@ class UnigramDenoiser(nn.Module):
     def forward(self, x_t, t):
         return subs_log_probs(self.logp.expand(*x_t.shape, -1), x_t, self.mask_id)
 
-# %% ../../../nbs/19_mdm.ipynb #dc5a329a
+# %% ../../../nbs/19_mdm.ipynb #3ee087a7
 @torch.no_grad()
 def sample_tokens(model,                 # a masked-diffusion DiffusionBlocks (or any model(x_t, t) -> SUBS log-probs)
                   n:int,                 # sequences

@@ -6,7 +6,7 @@
 __all__ = ['ParamAutoencoder', 'train_autoencoder', 'ddpm_schedule', 'EpsUNet1d', 'DDPM', 'ddpm_sample', 'LatentTokenAdapter',
            'latent_blocks', 'edm_sample']
 
-# %% ../../../nbs/31_pdiff_models.ipynb #17f42477
+# %% ../../../nbs/31_pdiff_models.ipynb #b5d89a2f
 import math
 import torch, torch.nn as nn, torch.nn.functional as F
 from ...errors import ConfigError, DataError
@@ -16,8 +16,9 @@ from ...layers import SigmaEmbedder, AdaLNZeroLayer, ModulatedOutput, timestep_e
 from ...blocks import TaskAdapter, DiffusionBlocks
 from ...sampling import sample_euler
 from ...engine import EngineModel, fit
+from fastcore.basics import patch
 
-# %% ../../../nbs/31_pdiff_models.ipynb #bee03c6d
+# %% ../../../nbs/31_pdiff_models.ipynb #3eb4373c
 class ParamAutoencoder(nn.Module):
     "1-D conv autoencoder of parameter vectors (N, D) ↔ latents (N, latent), trained with input and latent noise."
     def __init__(self,
@@ -47,24 +48,32 @@ class ParamAutoencoder(nn.Module):
                                  nn.Conv1d(rev[-2], 1, kernel, 1, p))
     def _check(self, x, n, what):
         if x.ndim != 2 or x.shape[1] != n: raise DataError(f"{what} must have shape (N, {n}), got {tuple(x.shape)}")
-    def encode(self, x):  # (N, D) -> (N, L)
-        "The latent code of parameter vectors (no noise)."
-        self._check(x, self.dim, 'x')
-        h = self.enc(F.pad(x, (0, self.padded - self.dim))[:, None])     # (N, C, length)
-        z = self.to_latent(h.flatten(1))
-        return torch.tanh(z) if self.bound else z
-    def decode(self, z):  # (N, L) -> (N, D)
-        "Parameter vectors from latent codes."
-        self._check(z, self.latent, 'z')
-        h = self.from_latent(z).view(z.shape[0], -1, self.length)
-        return self.dec(h)[:, 0, :self.dim]
-    def forward(self, x): return self.decode(self.encode(x))
-    def loss(self, x, generator=None):
-        "Reconstruction MSE with noise σ_v on the input and σ_z on the latent (the p-diff training loss)."
-        noise = lambda t, s: t + s * torch.randn(t.shape, generator=generator, device=t.device, dtype=t.dtype) if s else t
-        return F.mse_loss(self.decode(noise(self.encode(noise(x, self.input_noise)), self.latent_noise)), x)
 
-# %% ../../../nbs/31_pdiff_models.ipynb #771be9fe
+# %% ../../../nbs/31_pdiff_models.ipynb #e342446e
+@patch
+def encode(self:ParamAutoencoder, x):  # (N, D) -> (N, L)
+    "The latent code of parameter vectors (no noise)."
+    self._check(x, self.dim, 'x')
+    h = self.enc(F.pad(x, (0, self.padded - self.dim))[:, None])     # (N, C, length)
+    z = self.to_latent(h.flatten(1))
+    return torch.tanh(z) if self.bound else z
+@patch
+def decode(self:ParamAutoencoder, z):  # (N, L) -> (N, D)
+    "Parameter vectors from latent codes."
+    self._check(z, self.latent, 'z')
+    h = self.from_latent(z).view(z.shape[0], -1, self.length)
+    return self.dec(h)[:, 0, :self.dim]
+@patch
+def forward(self:ParamAutoencoder, x): return self.decode(self.encode(x))
+
+# %% ../../../nbs/31_pdiff_models.ipynb #20a0e8e8
+@patch
+def loss(self:ParamAutoencoder, x, generator=None):
+    "Reconstruction MSE with noise σ_v on the input and σ_z on the latent (the p-diff training loss)."
+    noise = lambda t, s: t + s * torch.randn(t.shape, generator=generator, device=t.device, dtype=t.dtype) if s else t
+    return F.mse_loss(self.decode(noise(self.encode(noise(x, self.input_noise)), self.latent_noise)), x)
+
+# %% ../../../nbs/31_pdiff_models.ipynb #4305e32a
 def train_autoencoder(ae:ParamAutoencoder, # the autoencoder (trained in place)
                       X:torch.Tensor,      # (K, D) training vectors (standardised checkpoints)
                       iterations:int=1000, # optimizer steps
@@ -85,7 +94,7 @@ def train_autoencoder(ae:ParamAutoencoder, # the autoencoder (trained in place)
     def loss(_): return ae.loss(X[torch.randperm(X.shape[0], generator=g, device=device)[:bs]], g)
     return fit(ae, loss, iterations, lr, weight_decay, device=device)[0]
 
-# %% ../../../nbs/31_pdiff_models.ipynb #5ac173f9
+# %% ../../../nbs/31_pdiff_models.ipynb #63f30bbd
 def ddpm_schedule(T:int=1000,              # diffusion steps
                   beta_start:float=1e-4,   # β_1
                   beta_end:float=2e-2,     # β_T
@@ -105,7 +114,7 @@ def ddpm_schedule(T:int=1000,              # diffusion steps
                 posterior_mean_coef1=betas * ac_prev.sqrt() / (1 - ac),        # on x̂₀
                 posterior_mean_coef2=(1 - ac_prev) * alphas.sqrt() / (1 - ac)) # on x_t
 
-# %% ../../../nbs/31_pdiff_models.ipynb #7620f92d
+# %% ../../../nbs/31_pdiff_models.ipynb #3d58fe26
 class EpsUNet1d(nn.Module):
     "v3-style 1-D conv ε-network over an L-d latent: conv stages with additive skips, time embedding added before each."
     def __init__(self,
@@ -133,7 +142,7 @@ class EpsUNet1d(nn.Module):
             if i < len(self.dec) - 1: h = F.elu(h) + skips.pop()      # additive skip from the matching widening stage
         return h[:, 0]
 
-# %% ../../../nbs/31_pdiff_models.ipynb #13123874
+# %% ../../../nbs/31_pdiff_models.ipynb #8cf19764
 class DDPM(EngineModel):
     "The paper's latent DDPM as one engine block: ε-prediction MSE at uniform t over a linear-β schedule."
     def __init__(self, net:EpsUNet1d, T:int=1000, beta_start:float=1e-4, beta_end:float=2e-2):
@@ -156,6 +165,7 @@ class DDPM(EngineModel):
         loss = F.mse_loss(self.net(a * y + s * eps, t).float(), eps.float())
         return loss, {'loss': loss.detach(), 'loss_unweighted': loss.detach()}
 
+# %% ../../../nbs/31_pdiff_models.ipynb #7fbe511c
 @torch.no_grad()
 def ddpm_sample(ddpm:DDPM,        # a trained DDPM
                 n:int,            # number of samples
@@ -177,7 +187,7 @@ def ddpm_sample(ddpm:DDPM,        # a trained DDPM
     net.train(was)
     return x
 
-# %% ../../../nbs/31_pdiff_models.ipynb #ceacf90d
+# %% ../../../nbs/31_pdiff_models.ipynb #99a99952
 class LatentTokenAdapter(TaskAdapter):
     "Stem/readout for latents (N, L) as `tokens` tokens of L/tokens coordinates each; σ conditioning only."
     def __init__(self, latent:int, tokens:int, width:int, cond_dim:int):
@@ -191,6 +201,7 @@ class LatentTokenAdapter(TaskAdapter):
     def condition(self, c_noise, generator=None, **cond): return self.sigma_embed(c_noise)                       # (N, cond_dim)
     def readout(self, h, c): return self.out(h, c).flatten(1)                                                     # (N, L)
 
+# %% ../../../nbs/31_pdiff_models.ipynb #5be60390
 def latent_blocks(latent:int,             # L, the latent size
                   blocks:int=1,           # B: 1 = the end-to-end EDM denoiser
                   depth:int=4,            # AdaLN-Zero layers in all
@@ -207,6 +218,7 @@ def latent_blocks(latent:int,             # L, the latent size
     layers = [AdaLNZeroLayer(width, heads, cond_dim) for _ in range(depth)]
     return DiffusionBlocks(layers, LatentTokenAdapter(latent, tokens, width, cond_dim), Partition.make(blocks, scheme, overlap, edm), **kw)
 
+# %% ../../../nbs/31_pdiff_models.ipynb #f6c3aae9
 @torch.no_grad()
 def edm_sample(model:DiffusionBlocks,  # a trained latent_blocks model
                n:int,                  # number of samples

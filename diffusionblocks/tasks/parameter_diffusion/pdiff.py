@@ -7,15 +7,16 @@ __all__ = ['SmallCNN', 'BasicBlock', 'ResNetSmall', 'norm_subset', 'subset_shape
            'train_classifier', 'collect_checkpoints', 'evaluate_params', 'wrong_iou', 'novelty', 'noise_controls',
            'average_controls', 'gaussian_controls', 'weight_average', 'accuracy_novelty_plot']
 
-# %% ../../../nbs/30_pdiff.ipynb #424ec1fa
+# %% ../../../nbs/30_pdiff.ipynb #e6ec1563
 import copy, math
 from collections.abc import Sequence
 import torch, torch.nn as nn, torch.nn.functional as F
 from ...errors import ConfigError, DataError
 from ...train import default_device
 from ...engine import fit
+from fastcore.basics import patch
 
-# %% ../../../nbs/30_pdiff.ipynb #10b5d1d5
+# %% ../../../nbs/30_pdiff.ipynb #6864c7e4
 def _conv_bn(cin, cout, stride=1):
     return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU())
 
@@ -31,6 +32,7 @@ class SmallCNN(nn.Module):
         self.head = nn.Linear(2 * width, num_classes)
     def forward(self, x): return self.head(self.stage3(self.stage2(self.stage1(x))).mean((2, 3)))
 
+# %% ../../../nbs/30_pdiff.ipynb #e07ae6a1
 class BasicBlock(nn.Module):
     "The ResNet basic block: conv–BN–ReLU–conv–BN plus a (projected when the shape changes) shortcut, then ReLU."
     def __init__(self, cin:int, cout:int, stride:int=1):
@@ -43,6 +45,7 @@ class BasicBlock(nn.Module):
         h = F.relu(self.bn1(self.conv1(x)))
         return F.relu(self.bn2(self.conv2(h)) + self.shortcut(x))
 
+# %% ../../../nbs/30_pdiff.ipynb #3a4c4253
 class ResNetSmall(nn.Module):
     "A CIFAR ResNet: a 3×3 stem, stages of BasicBlocks (width doubling, stride 2 after the first), pooling, linear head."
     def __init__(self,
@@ -62,7 +65,7 @@ class ResNetSmall(nn.Module):
         self.layers, self.head = nn.Sequential(*layers), nn.Linear(cin, num_classes)
     def forward(self, x): return self.head(self.layers(self.stem(x)).mean((2, 3)))
 
-# %% ../../../nbs/30_pdiff.ipynb #fca580e5
+# %% ../../../nbs/30_pdiff.ipynb #afcd04d2
 _NORMS = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm)
 
 def norm_subset(model:nn.Module,   # the classifier
@@ -78,6 +81,7 @@ def norm_subset(model:nn.Module,   # the classifier
         names += [f"{n}.{k}" for k in kinds if getattr(m, k, None) is not None]
     return names
 
+# %% ../../../nbs/30_pdiff.ipynb #74807b64
 def _tensors(model, names) -> list:
     state = dict(model.named_parameters()); state.update(model.named_buffers())
     missing = [n for n in names if n not in state]
@@ -103,7 +107,7 @@ def set_subset(model:nn.Module, names:list, vec:torch.Tensor) -> nn.Module:
         t.copy_(vec[i:i + t.numel()].view_as(t)); i += t.numel()
     return model
 
-# %% ../../../nbs/30_pdiff.ipynb #9f0eceaf
+# %% ../../../nbs/30_pdiff.ipynb #fc33e939
 class Standardizer:
     "Per-tensor standardisation of checkpoint vectors (v3 p-diff), running variances log-mapped first; an exact inverse."
     def __init__(self, names:list, shapes:list, mean, std, pre_mean):
@@ -133,21 +137,6 @@ class Standardizer:
             s = part.std(1).mean() if part.shape[1] > 1 else torch.zeros(()).double()
             mean.append(part.mean(1).mean()); std.append(s if s > 1e-12 else torch.ones(()).double()); pre.append(p)
         return cls(names, shapes, torch.stack(mean), torch.stack(std), torch.stack(pre))
-    def encode(self, P:torch.Tensor) -> torch.Tensor:
-        "Raw vectors (K, D) → standardised (K, D) float32."
-        P = torch.as_tensor(P); out = []
-        for i, part in enumerate(P.double().split(self.sizes, -1)):
-            if self.is_var[i]: part = torch.log(part / self.pre_mean[i].to(part.device) + 0.05)
-            out.append((part - self.mean[i].to(part.device)) / self.std[i].to(part.device))
-        return torch.cat(out, -1).float()
-    def decode(self, Z:torch.Tensor) -> torch.Tensor:
-        "Standardised vectors (K, D) → raw (K, D) float32; running variances clipped at 0.001·p, as v3."
-        Z = torch.as_tensor(Z); out = []
-        for i, part in enumerate(Z.double().split(self.sizes, -1)):
-            part = part * self.std[i].to(part.device) + self.mean[i].to(part.device)
-            if self.is_var[i]: part = torch.clamp(torch.exp(part) - 0.05, min=0.001) * self.pre_mean[i].to(part.device)
-            out.append(part)
-        return torch.cat(out, -1).float()
     def state_dict(self) -> dict:
         return dict(names=self.names, shapes=[list(s) for s in self.shapes], mean=self.mean.tolist(), std=self.std.tolist(),
                     pre_mean=self.pre_mean.tolist())
@@ -155,7 +144,26 @@ class Standardizer:
     def from_state_dict(cls, d:dict) -> 'Standardizer': return cls(d['names'], d['shapes'], d['mean'], d['std'], d['pre_mean'])
     def __repr__(self): return f"Standardizer({len(self.names)} tensors, D={self.dim})"
 
-# %% ../../../nbs/30_pdiff.ipynb #59a0021e
+# %% ../../../nbs/30_pdiff.ipynb #4e957b2e
+@patch
+def encode(self:Standardizer, P:torch.Tensor) -> torch.Tensor:
+    "Raw vectors (K, D) → standardised (K, D) float32."
+    P = torch.as_tensor(P); out = []
+    for i, part in enumerate(P.double().split(self.sizes, -1)):
+        if self.is_var[i]: part = torch.log(part / self.pre_mean[i].to(part.device) + 0.05)
+        out.append((part - self.mean[i].to(part.device)) / self.std[i].to(part.device))
+    return torch.cat(out, -1).float()
+@patch
+def decode(self:Standardizer, Z:torch.Tensor) -> torch.Tensor:
+    "Standardised vectors (K, D) → raw (K, D) float32; running variances clipped at 0.001·p, as v3."
+    Z = torch.as_tensor(Z); out = []
+    for i, part in enumerate(Z.double().split(self.sizes, -1)):
+        part = part * self.std[i].to(part.device) + self.mean[i].to(part.device)
+        if self.is_var[i]: part = torch.clamp(torch.exp(part) - 0.05, min=0.001) * self.pre_mean[i].to(part.device)
+        out.append(part)
+    return torch.cat(out, -1).float()
+
+# %% ../../../nbs/30_pdiff.ipynb #fc8afaf2
 def _arrays(data, device):
     "(images, labels) tensors on `device` from an ImageData or an (images, labels) pair."
     x, y = (data.images, data.labels) if hasattr(data, 'images') else data
@@ -168,6 +176,7 @@ def _batch_indices(n, batch_size, g):
         perm = torch.randperm(n, generator=g)
         for i in range(0, n - batch_size + 1 if n >= batch_size else 1, batch_size): yield perm[i:i + batch_size]
 
+# %% ../../../nbs/30_pdiff.ipynb #46c4e157
 def train_classifier(model:nn.Module,      # the classifier (trained in place)
                      data,                 # an ImageData or (images (N, C, H, W), labels (N,))
                      iterations:int=1000,  # optimiser steps
@@ -185,6 +194,7 @@ def train_classifier(model:nn.Module,      # the classifier (trained in place)
     def loss(_): i = next(batches).to(device); return F.cross_entropy(model(x[i]), y[i])
     return fit(model, loss, iterations, lr, weight_decay, device=device)[0]
 
+# %% ../../../nbs/30_pdiff.ipynb #6196782c
 def collect_checkpoints(model:nn.Module,         # the trained classifier (not modified)
                         train,                   # an ImageData or (images, labels): the collection data
                         subset_names:list,       # the tensors to train and save (`norm_subset`)
@@ -220,7 +230,7 @@ def collect_checkpoints(model:nn.Module,         # the trained classifier (not m
         out.append(get_subset(m, names).cpu())
     return dict(params=torch.stack(out), names=names, shapes=shapes)
 
-# %% ../../../nbs/30_pdiff.ipynb #db9d569d
+# %% ../../../nbs/30_pdiff.ipynb #1057ab05
 @torch.no_grad()
 def evaluate_params(model:nn.Module,     # the frozen classifier (not modified)
                     names:list,          # the subset's tensor names
@@ -243,6 +253,7 @@ def evaluate_params(model:nn.Module,     # the frozen classifier (not modified)
         wrong[j] = (pred != y).cpu()
     return dict(acc=1 - wrong.float().mean(1), wrong=wrong)
 
+# %% ../../../nbs/30_pdiff.ipynb #8bd27669
 def wrong_iou(wrong_a:torch.Tensor,  # (M, N) bool wrong sets
               wrong_b:torch.Tensor,  # (K, N) bool wrong sets
              ) -> torch.Tensor:      # (M, K) float64
@@ -253,6 +264,7 @@ def wrong_iou(wrong_a:torch.Tensor,  # (M, N) bool wrong sets
     union = a.sum(1)[:, None] + b.sum(1)[None, :] - inter
     return torch.where(union > 0, inter / union.clamp_min(1), torch.ones_like(inter))
 
+# %% ../../../nbs/30_pdiff.ipynb #10bc8bb1
 def novelty(P_gen=None,            # (M, D) raw vectors of the models judged (None: skip L2)
             P_orig=None,           # (K, D) raw vectors of the originals
             wrong_gen=None,        # (M, N) their wrong sets (None: skip IoU)
@@ -275,7 +287,7 @@ def novelty(P_gen=None,            # (M, D) raw vectors of the models judged (No
         out['min_l2'], out['argmin_l2'] = d.min(1)
     return out
 
-# %% ../../../nbs/30_pdiff.ipynb #1d4af498
+# %% ../../../nbs/30_pdiff.ipynb #60ba978b
 def noise_controls(P_orig:torch.Tensor,       # (K, D) raw original vectors
                    amplitudes,                # a noise std s, or a sequence of them
                    n:int,                     # controls per amplitude
@@ -296,6 +308,7 @@ def noise_controls(P_orig:torch.Tensor,       # (K, D) raw original vectors
         out[s] = base + s * eps if space == 'raw' else standardizer.decode(standardizer.encode(base) + s * eps)
     return out[amplitudes] if single else out
 
+# %% ../../../nbs/30_pdiff.ipynb #6f9cfc08
 def average_controls(P_orig:torch.Tensor, # (K, D) raw original vectors
                      n:int,               # controls
                      k:int=16,            # originals averaged per control (distinct)
@@ -322,7 +335,7 @@ def weight_average(P_orig:torch.Tensor) -> torch.Tensor:  # (D,)
     "The weight-averaged original: the mean of all K vectors."
     return torch.as_tensor(P_orig).float().mean(0)
 
-# %% ../../../nbs/30_pdiff.ipynb #dc57b8e7
+# %% ../../../nbs/30_pdiff.ipynb #19ed02bd
 def accuracy_novelty_plot(groups:dict,     # name -> (acc (M,), max_iou (M,))
                           path,            # the PNG to write
                           title:str='Accuracy vs novelty',

@@ -21,7 +21,7 @@ from ...processes import TokenNoise, per_position
 from ...engine import EngineModel
 from ...sampling import euler_step, top_p_sample, decode_cap
 
-# %% ../../../nbs/28_huginn.ipynb #4db4d566
+# %% ../../../nbs/28_huginn.ipynb #3372ba5f
 @dataclass(frozen=True)
 class HuginnConfig:
     "A recurrent-depth transformer: width, heads, prelude / core / coda depths, and Huginn's depth sampler (r̄, k, σ)."
@@ -45,6 +45,7 @@ class HuginnConfig:
         if not (isinstance(self.depth_sigma, (int, float)) and self.depth_sigma >= 0): raise ConfigError(f"HuginnConfig.depth_sigma must be >= 0, got {self.depth_sigma!r}")
     def to_dict(self): return dataclasses.asdict(self)
 
+# %% ../../../nbs/28_huginn.ipynb #8856f85b
 HUGINN_MODELS = {'huginn-lm1b': HuginnConfig(512, 8),        # the paper's (App. E.5): 2 / 4 / 2, d 512, 8 heads (Pythia-70M-like), r̄ 32, k 8
                  'huginn-small': HuginnConfig(64, 4, cond_dim=16, mean_recurrence=16, backprop_depth=4),   # the CPU preset
                  'huginn-tiny': HuginnConfig(32, 2, 1, 2, 1, mean_recurrence=4, backprop_depth=2)}        # tests
@@ -53,7 +54,7 @@ def huginn_config(config) -> HuginnConfig:
     "A HuginnConfig from a `HUGINN_MODELS` name, a dict of fields, or a HuginnConfig."
     return config_from(config, HUGINN_MODELS, HuginnConfig, 'recurrent-depth model', 'hidden/heads/...')
 
-# %% ../../../nbs/28_huginn.ipynb #108e2066
+# %% ../../../nbs/28_huginn.ipynb #af25e992
 def sample_depth(mean_recurrence:int,     # r̄
                  backprop_depth:int,      # k
                  sigma:float=0.5,         # σ of ln τ
@@ -65,7 +66,7 @@ def sample_depth(mean_recurrence:int,     # r̄
     r = int(torch.poisson(tau.reshape(1), generator=generator).item()) + 1
     return max(r - backprop_depth, 0), min(r, backprop_depth)
 
-# %% ../../../nbs/28_huginn.ipynb #b3d57443
+# %% ../../../nbs/28_huginn.ipynb #7d0ff434
 def run_layers(layers, h, c=None, start:int=0, caches=None) -> torch.Tensor:
     "Causal pass of `layers` over h (N, T, d) at positions start …; caches (one LayerCache per layer) are read and extended by all T tokens."
     T = h.shape[1]
@@ -75,12 +76,14 @@ def run_layers(layers, h, c=None, start:int=0, caches=None) -> torch.Tensor:
         h = layer(h, c, positions=pos, attn_mask=mask, cache=None if caches is None else caches[i], commit=T)
     return h
 
+# %% ../../../nbs/28_huginn.ipynb #ea37d5d5
 def init_state(shape, hidden:int, generator=None, device=None) -> torch.Tensor:
     "Huginn's random initial state: TruncNormal(0, σ_s², ±3σ_s)·√h with σ_s = √(2/(5h))."
     std = math.sqrt(2 / (5 * hidden))
     s = torch.randn(shape, generator=generator, device=generator.device if generator is not None else device).clamp(-3, 3) * std * math.sqrt(hidden)
     return s.to(device) if device is not None else s
 
+# %% ../../../nbs/28_huginn.ipynb #540af5fd
 class HuginnLM(nn.Module):
     "Huginn: token embedding → prelude → r × (adapter([s ; e]) → core) → coda → RMSNorm → head."
     def __init__(self, vocab_size:int, config='huginn-small', seq_len:int=None):
@@ -106,7 +109,7 @@ class HuginnLM(nn.Module):
         for _ in range(recurrence or self.cfg.mean_recurrence): s = self.step(s, e)
         return self.readout(s)
 
-# %% ../../../nbs/28_huginn.ipynb #1dc357c9
+# %% ../../../nbs/28_huginn.ipynb #ba356b9b
 class HuginnTrainer(EngineModel):
     "Huginn's own trainer for the engine: randomised depth, truncated backpropagation through time over the last k iterations."
     def __init__(self, net:HuginnLM): super().__init__([net], split=[len(net.layers)])
@@ -127,7 +130,7 @@ class HuginnTrainer(EngineModel):
         if torch.is_grad_enabled(): net.iterations_run += torch.tensor([free, graded], device=net.iterations_run.device)
         return ce, {'loss': ce.detach(), 'loss_unweighted': ce.detach(), 'depth': torch.tensor(float(free + graded))}
 
-# %% ../../../nbs/28_huginn.ipynb #4535ffee
+# %% ../../../nbs/28_huginn.ipynb #ccf4e0ab
 class HuginnAdapter(TaskAdapter):
     "Huginn around a DiffusionBlocks core: prelude + injection stem, per-token σ conditioning, F readout, coda head."
     def __init__(self, vocab_size:int, cfg:HuginnConfig, embed_dim:int, seq_len:int=None, freq_dim:int=256):
@@ -162,6 +165,7 @@ class HuginnAdapter(TaskAdapter):
     def logits(self, D, start:int=0, caches=None): return self.out(self.norm(run_layers(self.coda, self.coda_in(D), None, start, caches)))
     def head(self, D, c): return self.logits(D)                                     # (N, T, V)
 
+# %% ../../../nbs/28_huginn.ipynb #2ac8a8cf
 def huginn_blocks(config='huginn-small',     # a HUGINN_MODELS name, a dict of HuginnConfig fields, or a HuginnConfig
                   vocab_size:int=65,
                   seq_len:int=None,
@@ -178,11 +182,12 @@ def huginn_blocks(config='huginn-small',     # a HUGINN_MODELS name, a dict of H
     model.huginn_config = cfg
     return model
 
+# %% ../../../nbs/28_huginn.ipynb #9b6177fd
 def batch_next_token(b) -> tuple:
     "A window (N, T + 1) as (y = tokens 1 … T, cond x = tokens 0 … T − 1): the target of position i is token i + 1."
     return b[:, 1:], {'x': b[:, :-1]}
 
-# %% ../../../nbs/28_huginn.ipynb #4f4c33d8
+# %% ../../../nbs/28_huginn.ipynb #01a9ac0d
 def _is_db(model): return isinstance(model, DiffusionBlocks)
 
 def new_caches(model, K:int) -> dict:
@@ -193,6 +198,7 @@ def new_caches(model, K:int) -> dict:
         return dict(prelude=mk(ad.prelude), core=[mk(core) for _ in range(K)], coda=[mk(ad.coda) for _ in range(K)])
     return dict(prelude=mk(model.prelude), core=[mk(model.core) for _ in range(K)], coda=mk(model.coda))
 
+# %% ../../../nbs/28_huginn.ipynb #cc6c0f98
 def _chunk(model, x, start:int, K:int, z0, caches:dict, sigmas=None, cap:float=math.inf):
     "Logits (N, t, V) of new tokens x (N, t) at positions start …: prelude once, K core iterations from the states z0, the coda."
     if not _is_db(model):
@@ -211,6 +217,7 @@ def _chunk(model, x, start:int, K:int, z0, caches:dict, sigmas=None, cap:float=m
         if j < K - 1: z = euler_step(z, s, float(sigmas[j + 1]), model.target.expected(logits).to(z.dtype))
     return logits
 
+# %% ../../../nbs/28_huginn.ipynb #d5a4bb8a
 @torch.no_grad()
 def decode_recurrent(model,                # a HuginnLM / HuginnTrainer, or a `huginn_blocks` model
                      prompt,               # (N, P) token ids, P >= 1
@@ -250,7 +257,7 @@ def decode_recurrent(model,                # a HuginnLM / HuginnTrainer, or a `h
     finally: model.train(was)
     return ids
 
-# %% ../../../nbs/28_huginn.ipynb #f1fb8930
+# %% ../../../nbs/28_huginn.ipynb #3badfd89
 def step_flops(model, batch, **kw) -> int:
     "FLOPs of one training step (loss forward + backward) of an engine model on `batch` (N, T + 1), as FlopCounterMode counts them."
     y, cond = batch_next_token(batch)
@@ -263,6 +270,7 @@ def step_flops(model, batch, **kw) -> int:
     if counter is not None: counter.copy_(saved)                          # counting steps are not training steps
     return int(fc.get_total_flops())
 
+# %% ../../../nbs/28_huginn.ipynb #c1d88e8d
 def train_flops(model, batch_shape:tuple, iterations:int) -> dict:
     "Total training FLOPs of a run: DiffusionBlocks iterations × one step; Huginn from its (free, graded) iteration totals."
     batch = torch.zeros(batch_shape, dtype=torch.long, device=next(model.parameters()).device)
