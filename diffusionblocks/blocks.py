@@ -5,13 +5,13 @@
 # %% auto #0
 __all__ = ['TaskAdapter', 'ContinuousTarget', 'EmbeddingTarget', 'Block', 'DiffusionBlocks', 'VectorAdapter', 'vector_blocks']
 
-# %% ../nbs/04_blocks.ipynb #c51c03c7
+# %% ../nbs/04_blocks.ipynb #982c1196
 import copy, dataclasses, inspect
 import torch, torch.nn as nn, torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 from fastcore.basics import patch
 from .errors import ConfigError
-from .noise import EDMConfig, c_skip, c_out, c_in, c_noise, sigma_like
+from .noise import EDMConfig, c_skip, c_out, c_in, c_noise, sigma_like, check_loss_weighting
 from .partition import Partition, split_layers
 from .layers import SigmaEmbedder, AdaLNZeroLayer, ModulatedOutput
 from .processes import GaussianNoise, _select
@@ -64,7 +64,7 @@ class Block(nn.Module):
             h = checkpoint(layer, h, c, use_reentrant=False, **kw) if self.checkpointing and torch.is_grad_enabled() else layer(h, c, **kw)
         return self.adapter.readout(h, c), c
 
-# %% ../nbs/04_blocks.ipynb #0ae4f37e
+# %% ../nbs/04_blocks.ipynb #0b12506b
 class DiffusionBlocks(nn.Module):
     "L residual layers + a task adapter → B denoiser blocks over a noise partition (block 0 = highest noise = first layers)."
     def __init__(self,
@@ -76,6 +76,7 @@ class DiffusionBlocks(nn.Module):
                  share_adapter:bool=False, # one adapter for all blocks (the released code) instead of one per block
                  weight_clamp=None,      # optional max of λ(σ) (None: unclamped, as the paper)
                  process=None,           # the noise process the blocks invert (default GaussianNoise: σ, EDM)
+                 loss_weighting:str='lambda', # a noise.LOSS_WEIGHTINGS name: 'lambda' (λ(σ) per sample, the paper), 'official', 'none', 'clamped'
                 ):
         super().__init__()
         layers = list(layers)
@@ -87,6 +88,7 @@ class DiffusionBlocks(nn.Module):
         _check_adapter(self.blocks[0].adapter)
         self.target = target if target is not None else ContinuousTarget()
         self.partition, self.edm, self.share_adapter, self.weight_clamp = partition, getattr(partition, 'edm', None), share_adapter, weight_clamp
+        self.loss_weighting = check_loss_weighting(loss_weighting, weight_clamp)   # used by processes that apply λ(σ); not in the fingerprint
         self.split = [len(g) for g in groups]
         self.process = process if process is not None else GaussianNoise()
         self.process.check(self)
@@ -176,7 +178,7 @@ def vector_blocks(dim:int, blocks:int=3, depth:int=6, width:int=64, heads:int=4,
     layers = [AdaLNZeroLayer(width, heads, cond_dim) for _ in range(depth)]
     return DiffusionBlocks(layers, VectorAdapter(dim, width, cond_dim, x_dim), Partition.make(blocks, scheme, overlap, edm), **kw)
 
-# %% ../nbs/04_blocks.ipynb #d1a05777
+# %% ../nbs/04_blocks.ipynb #e5a1ea67
 @patch
 def summary(self:DiffusionBlocks) -> str:
     "Per-block and shared parameter counts, layer split and noise ranges."
@@ -187,4 +189,6 @@ def summary(self:DiffusionBlocks) -> str:
         (hi, lo), (thi, tlo) = self.partition.nominal(k), self.partition.train_range(k)
         rows.append(f'{k:>5} {self.split[k]:>7} {n:>10,} {hi:>8.4g} … {lo:<8.4g} {thi:>8.4g} … {tlo:<8.4g}')
     rows.append(f'shared {sum(p.numel() for p in self.shared_parameters().values()):,} params: {", ".join(self.shared_parameters()) or "none"}')
+    if getattr(self.process, 'uses_loss_weighting', False):
+        rows.append(f'loss weighting {self.loss_weighting!r}' + (f', λ(σ) capped at {self.weight_clamp:g}' if self.weight_clamp is not None else ''))
     return '\n'.join(rows)

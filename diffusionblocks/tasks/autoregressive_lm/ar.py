@@ -148,13 +148,14 @@ def ar_blocks(config='ar-small',        # an AR_MODELS name, a dict of ARConfig 
               share_adapter:bool=False,  # one adapter (embeddings, heads) for all blocks
               edm:EDMConfig=EDMConfig(),
               weight_clamp=None,         # optional max of λ(σ)
+              loss_weighting:str='lambda', # a noise.LOSS_WEIGHTINGS name: how the per-token CE is weighted by λ(σ)
              ) -> DiffusionBlocks:
     "The Llama-style transformer as B DiffusionBlocks that denoise each next token's embedding given the clean prefix."
     cfg = ar_config(config)
     layers = [LlamaLayer(cfg.hidden, cfg.heads, cfg.cond_dim, cfg.mlp_dim) for _ in range(cfg.depth)]
     model = DiffusionBlocks(layers, lambda: ARAdapter(vocab_size, cfg.hidden, cfg.embed_dim, cfg.cond_dim, seq_len),
                             Partition.make(blocks, scheme, overlap, edm), target=EmbeddingTarget(vocab_size, cfg.embed_dim),
-                            split=split, share_adapter=share_adapter, weight_clamp=weight_clamp, process=TokenNoise())
+                            split=split, share_adapter=share_adapter, weight_clamp=weight_clamp, process=TokenNoise(), loss_weighting=loss_weighting)
     model.ar_config = cfg
     return model
 

@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['BENCH_MODELS', 'TASK', 'ARLMOptions', 'load_data', 'build', 'generate', 'evaluate', 'sample', 'report', 'ar_bench']
 
-# %% ../../../nbs/27_jobs_lm.ipynb #fa7a4a70
+# %% ../../../nbs/27_jobs_lm.ipynb #0ded72a5
 import math, time, json, hashlib, re, warnings
 from pathlib import Path
 import torch
@@ -15,13 +15,17 @@ from dataclasses import dataclass
 from ...text_eval import LMOptions, TOKENIZERS, option, autocast_for, save_tokenizer, text_evaluation, write_samples, lm_report
 from .ar import ar_blocks, ar_config, CausalLM, NextTokenLM, decode_blocks, sample_next_token
 from .. import Task, TaskData, register_task, register_preset, BenchModel
+from ...noise import LOSS_WEIGHTINGS, check_loss_weighting
 
-# %% ../../../nbs/27_jobs_lm.ipynb #551b04d2
+# %% ../../../nbs/27_jobs_lm.ipynb #985491ea
 @dataclass(frozen=True)
 class ARLMOptions(LMOptions):
     "The autoregressive LM's options: the shared LM data and text-evaluation options, plus its own."
     share_adapter:bool = option(False, 'one stem/readout shared by all blocks instead of one per block')
+    loss_weighting:str = option('lambda', "how DiffusionBlocks weights the per-token CE by λ(σ) (01_noise): per token ('lambda', the paper), the released broadcast ('official'), 'none', 'clamped'", choices=LOSS_WEIGHTINGS)
+    weight_clamp:float|None = option(None, "cap of λ(σ) in the DiffusionBlocks loss (needed by loss_weighting 'clamped')", lo=1e-6)
     sample_steps:int|None = option(None, 'Euler steps per token of DiffusionBlocks decoding (block calls = sample_steps + 1; default B − 1)', eval=True, lo=1, hi=10_000)
+    def __post_init__(self): super().__post_init__(); check_loss_weighting(self.loss_weighting, self.weight_clamp)
 
 _EVAL = dict(n_eval=1000, continuations=5, prompt_len=32, new_tokens=50, top_p=0.95, mauve_scaling=5., reference='gpt2-large',
              reference_model=dict(depth=6, hidden=512, heads=8), reference_iterations=20000, n_show=8)
@@ -37,7 +41,7 @@ register_preset('ar-shakespeare', 'autoregressive-lm', 'cpu', 'AR transformer 12
                 options=dict(seq_len=64, tokenizer='char', n_eval=128, continuations=2, prompt_len=32, new_tokens=32, top_p=0.95, mauve_scaling=5.,
                              reference='local', reference_model=dict(depth=4, hidden=64, heads=4), reference_iterations=300, n_show=6))
 
-# %% ../../../nbs/27_jobs_lm.ipynb #e3b61d70
+# %% ../../../nbs/27_jobs_lm.ipynb #e1309f70
 def load_data(job) -> TaskData:
     "Train / test windows of the job's corpus; the corpus (codec, splits, texts) in `extra`."
     o = job.options
@@ -50,7 +54,7 @@ def build(job, data:TaskData):
     V, T, o = len(data.extra['codec']), data.train.seq_len, job.options
     if job.method == 'e2e': return NextTokenLM(CausalLM(V, ar_config(job.model), T))
     return ar_blocks(job.model, V, T, blocks=job.blocks, overlap=job.overlap, scheme=job.scheme, split=job.split,
-                     share_adapter=o.share_adapter)
+                     share_adapter=o.share_adapter, loss_weighting=o.loss_weighting, weight_clamp=o.weight_clamp)
 
 # %% ../../../nbs/27_jobs_lm.ipynb #8225a9a1
 @torch.no_grad()

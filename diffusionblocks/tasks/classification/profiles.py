@@ -42,7 +42,7 @@ class RawMixEmbeddingTarget(EmbeddingTarget):
     "The released code's inference mix (quirk Q1): x0 estimate softmax(logits)·E with the raw table; training unchanged."
     def expected(self, logits): return logits.float().softmax(-1) @ self.embedding.weight.float()
 
-# %% ../../../nbs/15a_profiles.ipynb #68d1e87c
+# %% ../../../nbs/15a_profiles.ipynb #bbdea604
 @dataclass(frozen=True)
 class Profile:
     "A named model configuration: the classes and scalars an architecture builds with, and how inference starts."
@@ -56,16 +56,17 @@ class Profile:
     init_noise:str='sigma_max'          # initial state σ_max·ε ('sigma_max') or √(1+σ_max²)·ε ('sqrt1p', Q5)
     precision:str=None                  # training precision the profile requires ('fp32'), None: the run's own
     tie:str='lower'                     # routing of a σ on a block boundary: 'lower'- or 'higher'-noise block (released: bucketize(right=True))
+    loss_weighting:str='lambda'         # a noise.LOSS_WEIGHTINGS name: per-sample λ(σ) (the paper) or the released broadcast 'official' (Q20)
     def condition(self, c): "The conditioning vector from the σ-embedder output."; return F.silu(c) if self.silu_condition else c
     def init_scale(self, sigma_max:float) -> float:
         "Standard deviation of the initial state at σ_max."
         return math.sqrt(1 + sigma_max**2) if self.init_noise == 'sqrt1p' else sigma_max
 
 PROFILES = {
-    'paper': Profile('paper', "the paper's description: DiT's AdaLN-Zero form, normalised label-table mix, z = σ_max·ε"),
-    'released': Profile('released', "the released code: SiLU after the AdaLN Linear, HF LayerNorm and init, raw label-table mix at inference, z = √(1+σ_max²)·ε, fp32, boundary σ to the higher-noise block",
+    'paper': Profile('paper', "the paper's description: DiT's AdaLN-Zero form, normalised label-table mix, z = σ_max·ε, per-sample λ(σ) loss weight"),
+    'released': Profile('released', "the released code: SiLU after the AdaLN Linear, HF LayerNorm and init, raw label-table mix at inference, z = √(1+σ_max²)·ε, fp32, boundary σ to the higher-noise block, loss mean(CE)·mean(λ)",
                         layer=ReleasedAdaLNZeroLayer, head=ReleasedOutput, target=RawMixEmbeddingTarget,
-                        silu_condition=True, norm_eps=1e-12, init_noise='sqrt1p', precision='fp32', tie='higher'),
+                        silu_condition=True, norm_eps=1e-12, init_noise='sqrt1p', precision='fp32', tie='higher', loss_weighting='official'),
 }
 
 def get_profile(name) -> Profile:

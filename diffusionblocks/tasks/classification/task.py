@@ -6,7 +6,7 @@
 __all__ = ['METHODS', 'BLOCKWISE', 'CNN_METHODS', 'DIFFUSION_METHODS', 'INFERENCES', 'TASK', 'ClassifyOptions', 'load_data',
            'train_set', 'batch_fn', 'build', 'predictor', 'evaluate', 'classify_run', 'report']
 
-# %% ../../../nbs/22_jobs_classify.ipynb #f8d0273c
+# %% ../../../nbs/22_jobs_classify.ipynb #90298c0d
 import math, time
 import torch
 from ...errors import ConfigError
@@ -14,10 +14,11 @@ from ...data import load_images, augmentation
 from dataclasses import dataclass
 from .vit import vit_config, vit_blocks, ViT, Supervised, classify as classify_labels, evaluate_classifier, BLOCK0_SIGMA
 from .profiles import PROFILES, get_profile
+from ...noise import LOSS_WEIGHTINGS, check_loss_weighting
 from .baselines import ContrastiveFF, NoPropDT, BackpropCNN, cnn_blocks
 from .. import Task, TaskData, Options, option, register_task, register_preset, register_table
 
-# %% ../../../nbs/22_jobs_classify.ipynb #deca350a
+# %% ../../../nbs/22_jobs_classify.ipynb #ca19bfd7
 METHODS = ('dblocks', 'e2e', 'ff', 'dblocks-cnn', 'noprop-dt', 'backprop-cnn')
 BLOCKWISE = ('dblocks', 'ff', 'dblocks-cnn', 'noprop-dt')      # one of B units per iteration: B× iterations
 CNN_METHODS = ('dblocks-cnn', 'noprop-dt', 'backprop-cnn')
@@ -35,6 +36,8 @@ class ClassifyOptions(Options):
     profile:str = option('paper', "model configuration: the library's form ('paper') or the released code's ('released', trains in fp32)", choices=tuple(PROFILES))
     share_adapter:bool = option(False, "one stem/readout shared by all blocks (the released code) instead of one per block")
     block0_sigma:str = option('log-normal', "block 0's training σ law", choices=BLOCK0_SIGMA)
+    loss_weighting:str|None = option(None, "how DiffusionBlocks weights the per-sample CE by λ(σ) (01_noise); default the profile's ('lambda' paper, 'official' released)", choices=LOSS_WEIGHTINGS)
+    weight_clamp:float|None = option(None, "cap of λ(σ) in the DiffusionBlocks loss (needed by loss_weighting 'clamped')", lo=1e-6)
     tau:float = option(0.15, "Forward-Forward's contrastive temperature", lo=1e-6, hi=100)
     limit:int|None = option(None, 'keep a seeded subset of this many training images', lo=1)
     test_limit:int|None = option(None, 'keep a seeded subset of this many test images', lo=1)
@@ -52,6 +55,9 @@ class ClassifyOptions(Options):
         if not isinstance(aug, dict): raise ConfigError(f"option augment must be a JSON object of flip, crop_padding, randaugment, got {aug!r}")
         return {**{k: v for k, v in d.items() if k != 'augment'}, **aug}
     def train_overrides(self) -> dict: return {'precision': get_profile(self.profile).precision} if get_profile(self.profile).precision else {}
+    def __post_init__(self):
+        super().__post_init__()
+        check_loss_weighting(self.loss_weighting or get_profile(self.profile).loss_weighting, self.weight_clamp)
 
 # %% ../../../nbs/22_jobs_classify.ipynb #d0f106bb
 _CIFAR = dict(model='vit-cifar', blocks=3, overlap=0.05, batch_size=128, lr=5e-4, epochs=500, warmup_fraction=10 / 500,
@@ -75,7 +81,7 @@ _register('vit-tiny-imagenet', 'gpu', "the paper's ViT-768 on Tiny-ImageNet, B=2
           **{**_CIFAR, 'model': 'vit-tiny-imagenet', 'blocks': 2, 'batch_size': 256, 'lr': 1e-4, 'epochs': 100, 'warmup_fraction': 0.,
              'options': dict(_CIFAR['options'], randaugment=False)}, method_overrides=_CNN(1e-4))
 
-# %% ../../../nbs/22_jobs_classify.ipynb #1ba8e54c
+# %% ../../../nbs/22_jobs_classify.ipynb #d9b67556
 def load_data(job) -> TaskData:
     "(train, test) ImageData of a job: 'standard' normalisation with the train split's statistics."
     o = job.options
@@ -100,11 +106,11 @@ def build(job, data:TaskData):
         if m == 'dblocks':
             o = job.options
             kw = {} if o.profile == 'paper' else dict(profile=o.profile)
-            return vit_blocks(cfg, K, blocks=B, overlap=job.overlap, scheme=job.scheme, split=job.split,
-                              share_adapter=o.share_adapter, block0_sigma=o.block0_sigma, **kw)
+            return vit_blocks(cfg, K, blocks=B, overlap=job.overlap, scheme=job.scheme, split=job.split, share_adapter=o.share_adapter,
+                              block0_sigma=o.block0_sigma, loss_weighting=o.loss_weighting, weight_clamp=o.weight_clamp, **kw)
         if m == 'e2e': return Supervised(ViT(cfg, K))
         return ContrastiveFF(cfg, K, blocks=B, tau=job.options.tau, split=job.split)
-    if m == 'dblocks-cnn': return cnn_blocks(C, H, K, blocks=B, overlap=job.overlap)
+    if m == 'dblocks-cnn': return cnn_blocks(C, H, K, blocks=B, overlap=job.overlap, loss_weighting=job.options.loss_weighting or 'lambda', weight_clamp=job.options.weight_clamp)
     if m == 'noprop-dt': return NoPropDT(C, H, K, T=B)
     return BackpropCNN(C, H, K, T=B)                   # end to end (one engine block) through a chain of B CNNs
 

@@ -173,6 +173,7 @@ def vit_blocks(cfg,                          # a VIT_CONFIGS key, a dict of ViTC
                edm:EDMConfig=EDMConfig(),
                parity:bool=None,             # deprecated: parity=True is profile='released'
                block0_sigma:str='log-normal',# block 0's training σ law: 'log-normal' (the paper) or 'log-uniform' over its range (an option beyond the paper, `17b_vit_gap`)
+               loss_weighting:str=None,      # a noise.LOSS_WEIGHTINGS name; None: the profile's ('lambda' paper, 'official' released)
                **kw,                         # passed to DiffusionBlocks (e.g. weight_clamp)
               ) -> DiffusionBlocks:
     "The paper's ViT converted into B DiffusionBlocks with a discrete (label-embedding) target."
@@ -185,7 +186,8 @@ def vit_blocks(cfg,                          # a VIT_CONFIGS key, a dict of ViTC
     part = Partition.make(blocks, scheme, overlap, edm, tie=prof.tie)
     if block0_sigma == 'log-uniform': part = CoverPartition(part.boundaries, part.overlap, part.edm, part.scheme, tie_rule=prof.tie)
     model = DiffusionBlocks(layers, ViTAdapter(cfg, num_classes, prof), part,
-                            target=prof.target(num_classes, cfg.hidden), split=split, share_adapter=share_adapter, **kw)
+                            target=prof.target(num_classes, cfg.hidden), split=split, share_adapter=share_adapter,
+                            loss_weighting=prof.loss_weighting if loss_weighting is None else loss_weighting, **kw)
     model.vit_config, model.profile = cfg, prof
     return model
 

@@ -173,12 +173,13 @@ def huginn_blocks(config='huginn-small',     # a HUGINN_MODELS name, a dict of H
                   sigma_per:str='sequence',   # one σ per sequence (the iteration's σ is shared by all positions) or per position
                   edm:EDMConfig=EDMConfig(),
                   weight_clamp=None,
+                  loss_weighting:str='lambda',  # a noise.LOSS_WEIGHTINGS name: how the per-token CE is weighted by λ(σ)
                  ) -> DiffusionBlocks:
     "Huginn's prelude / core / coda as one DiffusionBlocks denoiser of the next-token embedding (B = 1, one pass per step)."
     cfg = huginn_config(config)
     core = [LlamaLayer(cfg.hidden, cfg.heads, cfg.cond_dim, cfg.mlp_dim) for _ in range(cfg.core)]
     model = DiffusionBlocks(core, HuginnAdapter(vocab_size, cfg, cfg.hidden, seq_len), Partition.make(1, 'equal-mass', overlap, edm),
-                            target=EmbeddingTarget(vocab_size, cfg.hidden), weight_clamp=weight_clamp, process=TokenNoise(sigma_per))
+                            target=EmbeddingTarget(vocab_size, cfg.hidden), weight_clamp=weight_clamp, process=TokenNoise(sigma_per), loss_weighting=loss_weighting)
     model.huginn_config = cfg
     return model
 

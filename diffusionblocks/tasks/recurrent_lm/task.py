@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['TASK', 'RecurrentLMOptions', 'load_data', 'build', 'generate', 'evaluate', 'sample', 'report']
 
-# %% ../../../nbs/29_jobs_recurrent.ipynb #d1220943
+# %% ../../../nbs/29_jobs_recurrent.ipynb #8c877723
 import math, time
 from pathlib import Path
 import torch
@@ -15,13 +15,17 @@ from .huginn import huginn_config, HuginnLM, HuginnTrainer, huginn_blocks, batch
 from dataclasses import dataclass
 from .. import Task, TaskData, register_task, register_preset, engine_iterations
 from ...text_eval import LMOptions, option, autocast_for, save_tokenizer, text_evaluation, write_samples, lm_report
+from ...noise import LOSS_WEIGHTINGS, check_loss_weighting
 
-# %% ../../../nbs/29_jobs_recurrent.ipynb #19f036a2
+# %% ../../../nbs/29_jobs_recurrent.ipynb #8f15bcc9
 @dataclass(frozen=True)
 class RecurrentLMOptions(LMOptions):
     "The recurrent-depth LM's options: the shared LM data and text-evaluation options, plus its own."
     sigma_per:str = option('sequence', "DiffusionBlocks' σ: one per sequence, or one per position", choices=('sequence', 'position'))
     recurrence:int|None = option(None, 'core iterations K per token at decoding (default: the model\'s mean recurrence r̄)', eval=True, lo=1, hi=10_000)
+    loss_weighting:str = option('lambda', "how DiffusionBlocks weights the per-token CE by λ(σ) (01_noise): per token ('lambda', the paper), the released broadcast ('official'), 'none', 'clamped'", choices=LOSS_WEIGHTINGS)
+    weight_clamp:float|None = option(None, "cap of λ(σ) in the DiffusionBlocks loss (needed by loss_weighting 'clamped')", lo=1e-6)
+    def __post_init__(self): super().__post_init__(); check_loss_weighting(self.loss_weighting, self.weight_clamp)
 
 _HUGINN_EVAL = dict(continuations=2, prompt_len=32, new_tokens=32, top_p=0.95, mauve_scaling=5.)
 register_preset('huginn-lm1b', 'recurrent-lm', 'gpu', "the paper's recurrent-depth (Huginn 2/4/2, d 512) LM on LM1B: Huginn 5 epochs vs DiffusionBlocks B=1 15 epochs (Sec. 5.5)",
@@ -34,7 +38,7 @@ register_preset('huginn-shakespeare', 'recurrent-lm', 'cpu', 'recurrent-depth LM
                 baseline_iterations=900, warmup_fraction=0.05, grad_clip=1.0, save_every=300, method_overrides={'e2e': dict(baseline_iterations=300)},
                 options=dict(_HUGINN_EVAL, seq_len=64, tokenizer='char', n_eval=128, reference='local', reference_model=dict(depth=4, hidden=64, heads=4), reference_iterations=300, n_show=6))
 
-# %% ../../../nbs/29_jobs_recurrent.ipynb #a0eb1884
+# %% ../../../nbs/29_jobs_recurrent.ipynb #b3d19dfb
 def load_data(job) -> TaskData:
     "Windows of T + 1 tokens (inputs 0 … T−1, targets 1 … T) of the job's corpus; the corpus in `extra`."
     o = job.options
@@ -47,7 +51,8 @@ def build(job, data:TaskData):
     if job.blocks != 1: raise ConfigError(f"the recurrent-depth model is one block (its core is weight-tied): --blocks must be 1, got {job.blocks}")
     V, T = len(data.extra['codec']), data.extra['seq_len']
     if job.method == 'e2e': return HuginnTrainer(HuginnLM(V, job.model, T))
-    return huginn_blocks(job.model, V, T, overlap=job.overlap, sigma_per=job.options.sigma_per)
+    return huginn_blocks(job.model, V, T, overlap=job.overlap, sigma_per=job.options.sigma_per,
+                         loss_weighting=job.options.loss_weighting, weight_clamp=job.options.weight_clamp)
 
 def _K(model, job, recurrence):
     cfg = getattr(model, 'huginn_config', None) or model.net.cfg
