@@ -6,7 +6,7 @@
 __all__ = ['REFUSED', 'SUPPORTED', 'even_split', 'regroup', 'freeze_shared', 'sample_ddim', 'distill', 'empty_weights',
            'bind_checkpoint', 'check_class', 'check_convertible', 'DiTLayer', 'JointLayer', 'DiTDiffusersAdapter',
            'SD3Adapter', 'flux_image_ids', 'FluxAdapter', 'layers_of', 'adapter_of', 'process_of', 'partition_of',
-           'wrap_diffusers', 'sample_converted', 'RoutedTransformer']
+           'wrap_diffusers', 'dynamic_mu', 'scheduler_shift', 'native_sigmas', 'sample_converted', 'RoutedTransformer']
 
 # %% ../../../nbs/34_convert.ipynb #398afc89
 import copy, json, math, struct, tempfile, dataclasses
@@ -297,20 +297,71 @@ def wrap_diffusers(model,                   # a diffusers transformer (consumed:
     m.source_class, m.source_config = type(model).__name__, dict(model.config)
     return freeze_shared(m) if shared == 'frozen' else m
 
-# %% ../../../nbs/34_convert.ipynb #96fc3adf
+# %% ../../../nbs/34_convert.ipynb #77b760ec
+def dynamic_mu(scheduler:dict, seq_len:int) -> float:
+    "Flux's μ: linear in the image sequence length between (base_image_seq_len, base_shift) and (max_image_seq_len, max_shift), as diffusers' `calculate_shift`."
+    b0, b1 = scheduler.get('base_shift', 0.5), scheduler.get('max_shift', 1.15)
+    n0, n1 = scheduler.get('base_image_seq_len', 256), scheduler.get('max_image_seq_len', 4096)
+    return b0 + (b1 - b0) / (n1 - n0) * (seq_len - n0)
+
+def scheduler_shift(scheduler:dict=None,  # the source's scheduler config (scheduler_config.json), or None
+                    seq_len:int=None,     # image tokens per sample (a dynamic shift depends on them)
+                    shift:float=None,     # an explicit shift: overrides the rest
+                   ) -> tuple:            # (shift, where it came from)
+    "The shift of a flow model's t density: the argument, the scheduler's dynamic (resolution-dependent) shift at seq_len tokens, its `shift`, or 1."
+    if shift is not None: return float(shift), 'argument'
+    if not scheduler: return 1., 'default'
+    if scheduler.get('use_dynamic_shifting'):
+        if seq_len is None: raise ConfigError("the source's scheduler shifts dynamically: its shift needs the image sequence length")
+        mu = dynamic_mu(scheduler, seq_len)                                 # 'exponential': t' = e^μ t / (1 + (e^μ − 1) t); 'linear': μ in place of e^μ
+        return (mu if scheduler.get('time_shift_type', 'exponential') == 'linear' else math.exp(mu)), f'dynamic (Flux, seq len {seq_len})'
+    return float(scheduler.get('shift', 1.)), 'scheduler config'
+
+def native_sigmas(scheduler:dict,       # the source's scheduler config
+                  sample_steps:int,     # Euler steps
+                  seq_len:int=None,     # image tokens per sample (dynamic shift)
+                 ) -> torch.Tensor:     # (sample_steps + 1,) descending t ending at 0, float64
+    "The source scheduler's own grid of t for `sample_steps` steps, as its pipeline sets it (Flux: sigmas linspace(1, 1/n, n) and μ of the image tokens; SD3: set_timesteps(n))."
+    d = _diffusers()
+    cls = getattr(d, scheduler.get('_class_name', 'FlowMatchEulerDiscreteScheduler'), d.FlowMatchEulerDiscreteScheduler)
+    s = cls.from_config(scheduler)
+    if scheduler.get('use_dynamic_shifting'):
+        if seq_len is None: raise ConfigError("the source's scheduler shifts dynamically: its grid needs the image sequence length")
+        s.set_timesteps(sigmas=np.linspace(1., 1 / sample_steps, sample_steps), mu=dynamic_mu(scheduler, seq_len))
+    else: s.set_timesteps(sample_steps)
+    return torch.as_tensor(s.sigmas, dtype=torch.float64).cpu()
+
+# %% ../../../nbs/34_convert.ipynb #97181fb8
+def _seq_len(model, x):
+    "Image tokens per sample: packed tokens (Flux), or the patch grid of a latent (SD3)."
+    if x.ndim == 3: return x.shape[1]
+    p = (getattr(model, 'source_config', None) or {}).get('patch_size', 1)
+    return (x.shape[-2] // p) * (x.shape[-1] // p)
+
 @torch.no_grad()
 def sample_converted(model:DiffusionBlocks, # a converted model (its process: EDM, flow or DDPM ε)
                      x:torch.Tensor,        # (N, ...) pure noise: ε at the top of the grid (scaled by σ_max for EDM)
                      sample_steps:int=50,
+                     timesteps=None,        # None / 'equal-mass': the model's grid; 'native': the source scheduler's (flow models); or a descending grid of t
                      **cond):
-    "Sample with the model's own sampler on its equal-mass grid, each step routed to one block."
+    "Sample with the model's own sampler on its equal-mass grid (or the source scheduler's, or a given one), each step routed to one block."
     pr = getattr(model.process, 'base', model.process)
-    if isinstance(pr, FlowNoise): return euler_flow(lambda z, t, **c: model.process.velocity(model, z, t, **c), x, model.sigmas(sample_steps), **cond)
+    flow = isinstance(pr, FlowNoise)
+    if timesteps is not None and not isinstance(timesteps, str) and not flow: raise ConfigError("an explicit grid of t is for flow models (SD3, Flux)")
+    if timesteps not in (None, 'equal-mass'):
+        if timesteps == 'native':
+            sc = getattr(model, 'scheduler_config', None)
+            if not flow or not sc: raise ConfigError("timesteps='native' needs a converted flow model (SD3, Flux) whose source had a scheduler config")
+            ts = native_sigmas(sc, sample_steps, _seq_len(model, x))
+        elif isinstance(timesteps, str): raise ConfigError(f"timesteps must be 'equal-mass', 'native' or a grid of t, got {timesteps!r}")
+        else: ts = torch.as_tensor(timesteps, dtype=torch.float64)
+        return euler_flow(lambda z, t, **c: model.process.velocity(model, z, t, **c), x, ts, **cond)
+    if flow: return euler_flow(lambda z, t, **c: model.process.velocity(model, z, t, **c), x, model.sigmas(sample_steps), **cond)
     if isinstance(pr, EpsilonNoise): return sample_ddim(model, x, sample_steps, **cond)
     from diffusionblocks.sampling import sample_euler
     return sample_euler(model, x, model.sigmas(sample_steps), extra_args=cond)
 
-# %% ../../../nbs/34_convert.ipynb #14b32215
+# %% ../../../nbs/34_convert.ipynb #81448cc8
 class RoutedTransformer(nn.Module):
     "A converted diffusers transformer behind its original forward signature, routing each timestep to its block (a stand-in for `pipe.transformer`)."
     def __init__(self, model:DiffusionBlocks, source_config:dict=None):
@@ -329,7 +380,7 @@ class RoutedTransformer(nn.Module):
         t = torch.as_tensor(timestep, device=device).float().reshape(-1).expand(n)
         return t / 1000 if self.kind == 'SD3Transformer2DModel' else t
 
-# %% ../../../nbs/34_convert.ipynb #461fce4a
+# %% ../../../nbs/34_convert.ipynb #e608b80f
 @patch
 def forward(self:RoutedTransformer, hidden_states, timestep=None, encoder_hidden_states=None, pooled_projections=None, class_labels=None,
                guidance=None, img_ids=None, txt_ids=None, return_dict:bool=True, **ignored):
