@@ -7,7 +7,7 @@ __all__ = ['TASK', 'ConvertedOptions', 'options_for', 'source_kind', 'scheduler_
            'load_data', 'teacher_of', 'build', 'evaluate', 'sample', 'report', 'convert', 'ConvertArgs',
            'convert_command']
 
-# %% ../../../nbs/36_jobs_convert.ipynb #46f38ef9
+# %% ../../../nbs/36_jobs_convert.ipynb #6461e6e0
 import json, math, shutil
 from pathlib import Path
 import torch, torch.nn.functional as F
@@ -17,6 +17,7 @@ from .convert import (even_split, regroup, freeze_shared, distill as _distill, w
                        scheduler_shift, SUPPORTED, REFUSED, _diffusers)
 from ...flow import FlowConfig
 from ...processes import FlowNoise
+from ...residency import real_weights
 from dataclasses import dataclass
 from ...data import load_images
 from ...checkpoint import load_weights, RunDir, find_checkpoint, read_bounded, LIMITS
@@ -145,7 +146,7 @@ def load_data(job) -> TaskData:
     except DataError: test = None
     return TaskData(_standin(job, 'train'), test)
 
-# %% ../../../nbs/36_jobs_convert.ipynb #9cad6235
+# %% ../../../nbs/36_jobs_convert.ipynb #e2e04ea4
 def _base_job(job, blocks=None):
     "The source task's job for the converted architecture (run sources): same data and options, this run's B and split."
     d = dict(job.model['source_job'])
@@ -167,15 +168,15 @@ def _diffusers_module(m:dict):
 def _flow(m): return FlowConfig(**m['flow']) if m.get('flow') else None
 
 def teacher_of(job, data) -> 'DiffusionBlocks':
-    "The distillation teacher: the pretrained full model as one block, from the run's own copy of its weights."
+    "The distillation teacher: the pretrained full model as one block, from the run's own copy of its weights (materialised even when the student is built empty)."
     m = job.model
-    if m['kind'] == 'run':
-        src = type(job).from_dict(m['source_job'])
-        t = get_task(src.task).build(src, data)
-        load_weights(m['teacher'], t, ema=bool(src.ema))
-        return t
-    t = wrap_diffusers(getattr(_diffusers(), m['cls']).from_pretrained(m['teacher']), 1, flow=_flow(m))
-    return t
+    with real_weights():
+        if m['kind'] == 'run':
+            src = type(job).from_dict(m['source_job'])
+            t = get_task(src.task).build(src, data)
+            load_weights(m['teacher'], t, ema=bool(src.ema))
+            return t
+        return wrap_diffusers(getattr(_diffusers(), m['cls']).from_pretrained(m['teacher']), 1, flow=_flow(m))
 
 def build(job, data:TaskData):
     "The converted model: B groups of the source's layers, per-block (or shared, frozen) adapters, the source's process; distillation sets its teacher."
