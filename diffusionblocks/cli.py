@@ -117,10 +117,11 @@ def given_options(a, cls, task:str) -> dict:
         if k not in fields: raise CliError(f"--{k.replace('_', '-')} does not apply to task {task} (its options: {', '.join(fields) or 'none'})")
     return {k: [_value(x) for x in v] if isinstance(v, list) else _value(v) for k, v in got.items()}
 
-# %% ../nbs/23_cli.ipynb #c1d1a34b
+# %% ../nbs/23_cli.ipynb #d410b7b1
 _JOB_FLAGS = ('config', 'method', 'baseline', 'data', 'blocks', 'overlap', 'seed')   # what a --resume may not change
 
 def register_train(sub):
+    from diffusionblocks.train import RESIDENCIES
     p = sub.add_parser('train', help='train (or resume) a run of any preset, then evaluate it')
     p.add_argument('--config', help='preset (default: digits); `diffusionblocks presets` lists them')
     p.add_argument('--method', help="another method of the preset's task (e.g. ff, noprop-dt)")
@@ -138,6 +139,7 @@ def register_train(sub):
     p.add_argument('--overwrite', action='store_true', help='with --resume: evaluate a finished run again, replacing its results')
     p.add_argument('--device', help='cpu, cuda or cuda:N (default: cuda when available)')
     p.add_argument('--threads', type=number(int, 0, 1024), help='CPU threads (default 0: the engine policy)')
+    p.add_argument('--residency', choices=RESIDENCIES, help="inactive blocks: all on the device (default), active (host memory), mapped (memory-mapped files under RUN/mapped; with --resume the model is never materialised); also on --resume")
     p.add_argument('--no-eval', action='store_true', help='train only')
     p.add_argument('--quiet', action='store_true', help='no progress bar')
     p.add_argument('--train-blocks', type=number(int, 0, 1023), nargs='+', metavar='K', help='train only these blocks (e.g. one machine\'s share); assemble the parts with `merge`')
@@ -179,7 +181,7 @@ def run_train(a):
         fixed = [k for k in settings if k not in job.options.eval_names()]
         if fixed: raise CliError(f"--{fixed[0].replace('_', '-')} cannot change on --resume (a run keeps its options; evaluation settings: {', '.join(job.options.eval_names())})")
         m = resume_run(a.resume, a.device, iterations, changes, progress=not a.quiet, evaluate=not a.no_eval,
-                       overwrite=a.overwrite, eval_settings=settings, parallel=a.parallel)
+                       overwrite=a.overwrite, eval_settings=settings, parallel=a.parallel, residency=a.residency)
     else:
         if a.overwrite: raise CliError('--overwrite applies to --resume only')
         preset = a.config or 'digits'
@@ -189,7 +191,7 @@ def run_train(a):
         opts = {**parse_options(a.option), **flags}
         job = make_job(preset, method=a.method, baseline=a.baseline, data=a.data, baseline_iterations=iterations,
                        blocks=a.blocks, overlap=a.overlap, seed=a.seed, threads=a.threads, options=opts or None)
-        m = run_job(job, a.out, a.device, progress=not a.quiet, evaluate=not a.no_eval, parallel=a.parallel, train_blocks=a.train_blocks)
+        m = run_job(job, a.out, a.device, progress=not a.quiet, evaluate=not a.no_eval, parallel=a.parallel, train_blocks=a.train_blocks, residency=a.residency)
     if m is None: return                          # a rank other than 0 of a parallel job: rank 0 reports
     task = get_task(m['task'])
     if m.get('trained_blocks') is not None and len(m['trained_blocks']) < m['blocks']:

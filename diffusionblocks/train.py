@@ -26,8 +26,8 @@ from .errors import CheckpointError, ConfigError, NonFiniteLossError   # re-expo
 from .checkpoint import (RunDir, block_file, SHARED_FILE, block_tensors, shared_tensors, set_latest, checkpoint_dirs,
                                         pack_state, unpack_state, read_file, fingerprint, check_fingerprint, encode_bytes, decode_bytes)
 
-# %% ../nbs/08_train.ipynb #83d5c6c1
-SCHEDULES, RESIDENCIES, LR_SCHEDULES, PRECISIONS = ('uniform', 'round-robin', 'sequential'), ('all', 'active'), ('cosine', 'constant'), ('bf16', 'fp32')
+# %% ../nbs/08_train.ipynb #b0b58b88
+SCHEDULES, RESIDENCIES, LR_SCHEDULES, PRECISIONS = ('uniform', 'round-robin', 'sequential'), ('all', 'active', 'mapped'), ('cosine', 'constant'), ('bf16', 'fp32')
 SHARED_MODES = ('train', 'frozen')   # what a run does with the model's shared parameters (a learned target embedding, a shared adapter)
 
 def _isint(v): return isinstance(v, int) and not isinstance(v, bool)
@@ -48,7 +48,7 @@ class TrainConfig:
     train_blocks:tuple=None    # the blocks this run trains (None: all); e.g. (1,) for one block per process: it trains only their budgets
     shared:str='train'         # the shared parameters: 'train' (with every block's steps) or 'frozen' (blocks then exactly independent)
     ema:float=0.               # EMA decay per block (0: no EMA)
-    residency:str='all'        # 'all' blocks on the device, or only the 'active' one (the rest in host memory)
+    residency:str='all'        # 'all' blocks on the device, or only the 'active' one (the rest in host memory; 'mapped': in memory-mapped files)
     precision:str='bf16'       # 'bf16' autocast on CUDA or 'fp32'; CPU always computes in fp32
     tf32:bool=True             # allow TF32 matmuls on CUDA
     compile:bool=False         # torch.compile every block
@@ -249,8 +249,8 @@ def as_dataset(data):
     if hasattr(data, '__getitem__') and hasattr(data, '__len__'): return data
     raise TypeError(f"data must be a map-style dataset or tensors, got {type(data).__name__}")
 
-# %% ../nbs/08_train.ipynb #ed08ede6
-from .residency import OffloadStore, Offload
+# %% ../nbs/08_train.ipynb #a9cc46ba
+from .residency import OffloadStore, Offload, MappedStore
 
 # %% ../nbs/08_train.ipynb #f5605e3f
 @runtime_checkable
@@ -286,7 +286,7 @@ def cpu_threads(n_params:int,     # the model's parameter count
     if requested: return requested
     return 1 if n_params < SMALL_MODEL else DEFAULT_THREADS
 
-# %% ../nbs/08_train.ipynb #f59fd85c
+# %% ../nbs/08_train.ipynb #da910e4d
 RESUME_FREE = ('progress', 'log_every', 'save_every', 'save_minutes', 'keep', 'num_workers', 'compile', 'tensorboard', 'residency', 'threads',
                'train_blocks', 'block_schedule', 'fused')   # a block's weights depend on neither: another subset, order or process layout continues exactly
 EXTENDABLE = ('iterations', 'warmup')    # what a resume with extend=True may change as well: the budget
@@ -309,7 +309,7 @@ class Trainer:
                  device=None,         # compute device (default: cuda when available)
                  train_blocks=None,   # train only these blocks (sets config.train_blocks), e.g. [1] in a per-block process
                  resume:bool=False,   # continue from run_dir's newest valid checkpoint (none: start at 0, with a warning)
-                 offload=None,        # OffloadStore for residency='active' (default: Offload, host memory, pinned with CUDA)
+                 offload=None,        # OffloadStore for residency='active'/'mapped' (default: Offload, host memory, pinned with CUDA / MappedStore under RUN/mapped)
                  meta:dict=None,      # more of the run's description for config.json (e.g. {'job': ...}); written once
                  extend:bool=False,   # with resume: the budget (EXTENDABLE: iterations, warmup) may differ from the run's
                  sync=None,           # a distributed synchroniser (parallel.BlockSync): gradient all-reduce of data-parallel groups and shared parameters
@@ -357,7 +357,8 @@ class Trainer:
         self.shared_ema = ema(self.shared) if self.shared else None
         self.schedule = BlockSchedule(cfg.block_schedule, self.trained, [self.budget[k] for k in self.trained], cfg.seed)
         self.iteration, self.train_seconds, self.swaps, self.active, self.last_loss, self.shared_steps = 0, 0., 0, None, {}, 0
-        self.offload = (offload or Offload(self.device)) if cfg.residency == 'active' else None
+        mapped = lambda: MappedStore(self.device, None if run_dir is None else Path(run_dir) / 'mapped')
+        self.offload = None if cfg.residency == 'all' else offload or (mapped() if cfg.residency == 'mapped' else Offload(self.device))
         self._place()
         if cfg.compile:
             for b in model.blocks: b.compile()

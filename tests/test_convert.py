@@ -137,3 +137,26 @@ def test_mapped_store_trains_a_model_larger_than_the_memory_limit(tmp_path):
     res = {mode: json.loads(subprocess.run([sys.executable, str(script), mode, str(tmp_path / 'run'), str(n)], capture_output=True, text=True,
                                            env={**os.environ, 'OMP_NUM_THREADS': '1', 'MALLOC_MMAP_THRESHOLD_': '65536'}).stdout.strip().splitlines()[-1]) for mode in ('all', 'active')}
     assert res['active']['ok'] and not res['all']['ok'], res
+
+
+# ------------------------------------------------------------------ residency from the run layer and the CLI (issue 24)
+def _checkpoint_params(run_dir):
+    from diffusionblocks.checkpoint import RunDir, block_file, read_file
+    _, d = RunDir(run_dir).load()
+    return {f'{k}/{n}': t for k in range(3) for n, t in read_file(d / block_file(k))[0].items() if n.startswith(('param.', 'opt.'))}
+
+
+def test_resume_mapped_equals_resume_all(tmp_path, data_dir):
+    "`train --resume RUN --residency mapped` (built empty, bound to the checkpoint's files) takes bit-for-bit the steps of an all-resident resume; RUN/mapped is removed."
+    import diffusionblocks.jobs.core as jc
+    from diffusionblocks.tasks.converted.task import convert
+    from diffusionblocks.cli import main
+    src = tmp_path / 'src'; tiny('sd3', std=0.02).save_pretrained(str(src))
+    for r in ('all', 'mapped'): convert(str(src), str(tmp_path / r), blocks=3, baseline_iterations=3, runs=jc)
+    jc.resume_run(tmp_path / 'all', progress=False, evaluate=False)
+    assert main(['train', '--resume', str(tmp_path / 'mapped'), '--residency', 'mapped', '--no-eval', '--quiet', '--device', 'cpu']) == 0
+    a, b = _checkpoint_params(tmp_path / 'all'), _checkpoint_params(tmp_path / 'mapped')
+    assert a.keys() == b.keys() and any(n.startswith('0/opt.') for n in a) and all(torch.equal(a[n], b[n]) for n in a)
+    assert json.loads((tmp_path / 'mapped' / 'metrics.json').read_text())['residency'] == 'mapped' and not (tmp_path / 'mapped' / 'mapped').exists()
+    with pytest.raises(ConfigError, match='--residency must be one of all, active, mapped'): jc.resume_run(tmp_path / 'all', residency='disk')
+

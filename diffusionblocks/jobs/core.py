@@ -219,7 +219,7 @@ def check_device(device) -> torch.device:
     elif dev.type not in ('cpu', 'mps'): raise ConfigError(f"--device {device}: unsupported device type {dev.type!r} (use cpu or cuda)")
     return dev
 
-# %% ../../nbs/20_jobs.ipynb #a525da1d
+# %% ../../nbs/20_jobs.ipynb #ad9d9ae9
 def build_model(job:Job, data:TaskData):
     "The job's model, seeded; a configuration the architecture rejects (ValueError: e.g. B > L) is a one-line ConfigError."
     torch.manual_seed(job.seed)
@@ -236,13 +236,32 @@ def _run_lock(run_dir, parallel):
     from contextlib import nullcontext
     return RunDir(run_dir).lock() if _is_rank0(parallel) else nullcontext()
 
+def _check_residency(residency, parallel=None):
+    "A run's residency (None: the engine's default, 'all'), refused in one line when unknown or combined with --parallel."
+    from diffusionblocks.train import RESIDENCIES
+    if residency is None: return None
+    if residency not in RESIDENCIES: raise ConfigError(f"--residency must be one of {', '.join(RESIDENCIES)}, got {residency!r}")
+    if parallel and residency != 'all': raise ConfigError("--residency applies to one process; --parallel blocks keeps each rank's blocks on its device")
+    return residency
+
+def _resident_model(job:Job, data, run_dir, dev, resume:bool, residency):
+    "(model, offload store): residency='mapped' parks inactive blocks in memory-mapped files under RUN/mapped, and a resumed run is built empty and bound to its checkpoint's files (never materialised)."
+    if residency != 'mapped' or run_dir is None: return build_model(job, data), None
+    import shutil
+    from diffusionblocks.residency import MappedStore, empty_weights, bind_checkpoint
+    shutil.rmtree(Path(run_dir) / 'mapped', ignore_errors=True)        # an interrupted run's files: the checkpoint has everything
+    store = MappedStore(dev, Path(run_dir) / 'mapped')
+    if not (resume and RunDir(run_dir).latest() is not None): return build_model(job, data), store
+    with empty_weights(): model = build_model(job, data)
+    return bind_checkpoint(model, run_dir, store), store
+
 def _train_and_evaluate(job:Job, run_dir, dev, data, resume:bool, progress:bool, evaluate:bool, eval_job:Job=None, extend:bool=False, parallel:str=None,
-                        train_blocks=None, on_open=None) -> dict:
+                        train_blocks=None, on_open=None, residency:str=None) -> dict:
     "Train (or continue) `job`, then evaluate with `eval_job` (the same job with the user's evaluation settings)."
     task = get_task(job.task)
     data = data if data is not None else task.load_data(job)
-    model = build_model(job, data)
-    cfg = budget(job, len(data.train), progress=progress)
+    model, store = _resident_model(job, data, run_dir, dev, resume, residency)
+    cfg = budget(job, len(data.train), progress=progress, **({'residency': residency} if residency else {}))
     train_set = task.train_set(job, data) if task.train_set is not None else data.train
     if task.files is not None and run_dir is not None and _is_rank0(parallel): task.files(job, data, Path(run_dir))
     if parallel:                                  # one rank of a torchrun job: its blocks; rank 0 consolidates and evaluates
@@ -255,7 +274,7 @@ def _train_and_evaluate(job:Job, run_dir, dev, data, resume:bool, progress:bool,
         trainer = None
     else:
         trainer = Trainer(model, cfg, train_set, run_dir, batch_fn=task.batch_fn, device=dev, resume=resume, meta={'job': job.to_dict()},
-                          train_blocks=train_blocks, **({'extend': True} if extend else {}))
+                          train_blocks=train_blocks, offload=store, **({'extend': True} if extend else {}))
         if on_open is not None: on_open()         # every check passed (the checkpoint loaded): now the run may change
         summary = trainer.fit()
         if train_blocks is not None and len(trainer.trained) < model.num_blocks: evaluate = False   # a part: merge it with the others' first
@@ -268,6 +287,7 @@ def _train_and_evaluate(job:Job, run_dir, dev, data, resume:bool, progress:bool,
     if parallel: metrics.update(parallel=parallel, world_size=summary['world'], ranks=summary['ranks'])
     if train_blocks is not None: metrics['trained_blocks'] = sorted(train_blocks)
     if evaluate:
+        if trainer is not None and trainer.offload is not None: trainer._activate(None); model.to(dev)   # every block where evaluation runs (on the CPU: the views stay)
         if job.ema and trainer is None: load_weights(run_dir, model, ema=True)
         elif job.ema: trainer.load_ema()
         model.eval()
@@ -275,7 +295,9 @@ def _train_and_evaluate(job:Job, run_dir, dev, data, resume:bool, progress:bool,
         metrics.update(task.evaluate(model, ej, data, dev))
         if task.sample is not None and run_dir is not None:
             metrics['samples'] = str(task.sample(model, ej, data, Path(run_dir) / task.sample_file, None, 0, dev))
+    if residency: metrics['residency'] = residency
     if run_dir is not None: atomic_write(Path(run_dir) / 'metrics.json', json.dumps(metrics, indent=1).encode())
+    if store is not None: import shutil; shutil.rmtree(store.root, ignore_errors=True)   # the checkpoint holds everything
     return metrics | ({'run_dir': str(run_dir)} if run_dir is not None else {})
 
 def eval_job(job:Job, settings:dict=None) -> Job:
@@ -286,7 +308,7 @@ def eval_job(job:Job, settings:dict=None) -> Job:
     if wrong: raise ConfigError(f"{wrong[0]!r} is not an evaluation setting of task {job.task} (it has: {', '.join(allowed) or 'none'})")
     return job.with_options(**settings) if settings else job
 
-# %% ../../nbs/20_jobs.ipynb #ea5b3679
+# %% ../../nbs/20_jobs.ipynb #d6053508
 def run_job(job,                   # a Job or a preset name
             out=None,              # run directory (default runs/<preset>-<arm>-<time>); must be new or empty
             device=None,           # default: CUDA when available
@@ -297,14 +319,16 @@ def run_job(job,                   # a Job or a preset name
             eval_settings:dict=None, # evaluation settings on top of the job's (e.g. n_eval=100)
             parallel:str=None,     # 'blocks': one rank of a torchrun job (see the parallel notebook); None: one process
             train_blocks=None,     # train only these blocks (e.g. [0, 2] on one machine); merge the parts with `merge`; not evaluated
+            residency:str=None,    # inactive blocks: 'all' on the device (default), 'active' (host memory), 'mapped' (memory-mapped files under RUN/mapped)
            ) -> dict:              # metrics.json's content (+ run_dir); None on ranks other than 0
     "Build → train → evaluate → write the run directory of a new run."
     job = make_job(job) if isinstance(job, str) else job
     dev = check_device(device)
     ej = eval_job(job, eval_settings)
+    residency = _check_residency(residency, parallel)
     _check_parallel(job, parallel, write)
     train_blocks = _check_train_blocks(job, train_blocks, parallel)
-    if not write: return _train_and_evaluate(job, None, dev, data, False, progress, evaluate, ej)
+    if not write: return _train_and_evaluate(job, None, dev, data, False, progress, evaluate, ej, residency=residency)
     run_dir = Path(out if out is not None else default_out(job))
     if _is_rank0(parallel):
         check_out_dir(run_dir)
@@ -313,7 +337,7 @@ def run_job(job,                   # a Job or a preset name
     if parallel: _parallel.dist.barrier()                        # the other ranks start once rank 0 has checked the folder
     with _run_lock(run_dir, parallel):
         if _is_rank0(parallel): check_out_dir(run_dir)           # another writer may have started it meanwhile
-        return _train_and_evaluate(job, run_dir, dev, data, False, progress, evaluate, ej, parallel=parallel, train_blocks=train_blocks)
+        return _train_and_evaluate(job, run_dir, dev, data, False, progress, evaluate, ej, parallel=parallel, train_blocks=train_blocks, residency=residency)
 
 def _check_train_blocks(job:Job, train_blocks, parallel=None):
     "The blocks a run trains (None: all), validated against the job's B."
@@ -332,7 +356,7 @@ def _check_parallel(job:Job, parallel, write:bool=True):
     if not write: raise ConfigError("--parallel blocks needs a run directory (its ranks meet there)")
     _parallel.init_distributed()
 
-# %% ../../nbs/20_jobs.ipynb #ad45f34a
+# %% ../../nbs/20_jobs.ipynb #cf3cf871
 def read_run(run_dir) -> Job:
     "The Job of a run directory (one-line CheckpointError if it is not one of ours)."
     p = Path(run_dir)
@@ -354,9 +378,11 @@ def resume_run(run_dir,                # a run directory written by `run_job`
                overwrite:bool=False,   # evaluate a finished run again, replacing its metrics.json / samples
                eval_settings:dict=None,
                parallel:str=None,      # 'blocks': one rank of a torchrun job (any number of ranks, whatever the earlier launches had)
+               residency:str=None,     # 'all', 'active' or 'mapped' (built empty, bound to the checkpoint's files): results do not depend on it
               ) -> dict:
     "Continue a run from its last complete checkpoint (or from 0 if it has none), then evaluate; refuses changes that alter its results."
     job, run_dir = read_run(run_dir), Path(run_dir)
+    residency = _check_residency(residency, parallel)
     _check_parallel(job, parallel)
     dev = check_device(device)
     for p in (run_dir, run_dir / 'checkpoint'):
@@ -385,7 +411,7 @@ def resume_run(run_dir,                # a run directory written by `run_job`
     with _run_lock(run_dir, parallel):
         if parallel: _parallel.dist.barrier()
         return _train_and_evaluate(job, run_dir, dev, None, True, progress, evaluate, ej, extend=extend, parallel=parallel,
-                                   train_blocks=train_blocks, on_open=record if extend else None)
+                                   train_blocks=train_blocks, on_open=record if extend else None, residency=residency)
 
 # %% ../../nbs/20_jobs.ipynb #685df9fd
 def read_metrics(run_dir) -> dict:
