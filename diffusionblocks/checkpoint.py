@@ -9,16 +9,18 @@ __all__ = ['KiB', 'MiB', 'GiB', 'LIMITS', 'POINTER', 'SHARED_FILE', 'STATE_FILE'
            'set_latest', 'save_checkpoint', 'read_file', 'read_state', 'verify_checkpoint', 'checkpoint_dirs',
            'latest_checkpoint', 'find_checkpoint', 'load_checkpoint', 'RunDir', 'load_weights']
 
-# %% ../nbs/07_checkpoint.ipynb #4027d239
+# %% ../nbs/07_checkpoint.ipynb #b7d01d54
 import os, json, stat, errno, fcntl, base64, shutil, hashlib, warnings, dataclasses
 from contextlib import contextmanager
 from pathlib import Path
 import torch
 from safetensors import safe_open
 from safetensors.torch import save as st_save
-from .errors import DiffusionBlocksError, CheckpointError, ConfigError, RunInUseError   # re-exported: checkpoint.CheckpointError
+# re-exported: checkpoint.CheckpointError
+from .errors import DiffusionBlocksError, CheckpointError, ConfigError, RunInUseError
+from fastcore.basics import patch
 
-# %% ../nbs/07_checkpoint.ipynb #806f94b0
+# %% ../nbs/07_checkpoint.ipynb #f250555f
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
 LIMITS = dict(pointer=64 * KiB,      # checkpoint/LATEST: a few names
               config=16 * MiB,       # config.json: the run's description
@@ -34,15 +36,18 @@ def size_str(n:int) -> str:
         if n >= s: return f'{n / s:.3g} {unit}'
     return f'{n} B'
 
+# %% ../nbs/07_checkpoint.ipynb #52d1af69
 def _kind(mode) -> str:
-    return next((w for f, w in ((stat.S_ISDIR, 'a directory'), (stat.S_ISFIFO, 'a fifo'), (stat.S_ISCHR, 'a character device'),
-                                (stat.S_ISBLK, 'a block device'), (stat.S_ISSOCK, 'a socket')) if f(mode)), 'a special file')
+    return next((w for f, w in ((stat.S_ISDIR, 'a directory'), (stat.S_ISFIFO, 'a fifo'),
+                                (stat.S_ISCHR, 'a character device'), (stat.S_ISBLK, 'a block device'),
+                                (stat.S_ISSOCK, 'a socket')) if f(mode)), 'a special file')
 
 def regular_file(path,                  # the file
                  what:str='file',       # how to name it in the message
                  error=CheckpointError, # the DiffusionBlocksError class to raise
                 ) -> Path:
-    "`path` when it is a regular file (or a symlink to one); else a one-line `error`: missing, a directory, a fifo, a device..."
+    """`path` when it is a regular file (or a symlink to one);
+    else a one-line `error`: missing, a directory, a fifo, a device..."""
     p = Path(path)
     try: st = os.stat(p)
     except FileNotFoundError: raise error(f"{what} {p} is missing") from None
@@ -50,15 +55,19 @@ def regular_file(path,                  # the file
     if not stat.S_ISREG(st.st_mode): raise error(f"{what} {p} is {_kind(st.st_mode)}, not a regular file")
     return p
 
+# %% ../nbs/07_checkpoint.ipynb #6da77a62
 def read_bounded(path,                  # the file
                  limit:int,             # the most bytes it may hold (e.g. LIMITS['config'])
                  what:str='file',       # how to name it in the message
                  error=CheckpointError, # the DiffusionBlocksError class to raise
                 ) -> bytes:
-    "The bytes of a regular file of at most `limit` bytes, read without following it past the limit; else a one-line `error`."
+    """The bytes of a regular file of at most `limit` bytes, read without following it past the limit;
+    else a one-line `error`."""
     p = regular_file(path, what, error)
-    too_big = lambda n: error(f"{what} {p} is too large: {size_str(n)}, more than the {size_str(limit)} such a file may hold")
-    try: fd = os.open(p, os.O_RDONLY | os.O_NONBLOCK | getattr(os, 'O_CLOEXEC', 0))   # O_NONBLOCK: a fifo swapped in cannot hang the open
+    too_big = lambda n: error(f"{what} {p} is too large: {size_str(n)}, "
+                              f"more than the {size_str(limit)} such a file may hold")
+    # O_NONBLOCK: a fifo swapped in cannot hang the open
+    try: fd = os.open(p, os.O_RDONLY | os.O_NONBLOCK | getattr(os, 'O_CLOEXEC', 0))
     except OSError as e: raise error(f"{what} {p} is unreadable: {e.strerror or e}") from None
     try:
         st = os.fstat(fd)                                  # what was opened, not what was checked
@@ -74,6 +83,7 @@ def read_bounded(path,                  # the file
     except OSError as e: raise error(f"{what} {p} is unreadable: {e.strerror or e}") from None
     finally: os.close(fd)
 
+# %% ../nbs/07_checkpoint.ipynb #7dceb3fd
 def _exists(p) -> bool: return os.path.lexists(p)   # never raises (a name too long is simply not there)
 
 def _free(path) -> str:
@@ -83,7 +93,8 @@ def _free(path) -> str:
         except OSError: continue
     return 'unknown'
 
-_FULL = {errno.ENOSPC: 'no space left on device', errno.EDQUOT: 'disk quota exceeded', errno.EFBIG: 'file too large for its filesystem'}
+_FULL = {errno.ENOSPC: 'no space left on device', errno.EDQUOT: 'disk quota exceeded',
+         errno.EFBIG: 'file too large for its filesystem'}
 
 def write_error(e:OSError,              # what the write raised
                 path,                   # the file (or folder) being written
@@ -91,13 +102,16 @@ def write_error(e:OSError,              # what the write raised
                ) -> DiffusionBlocksError:
     "The one-line library error for an OSError raised while writing `path` (a full disk names the free space)."
     if e.errno in _FULL: return error(f"{_FULL[e.errno]} writing {path}: {_free(path)} free")
-    if e.errno == errno.ENAMETOOLONG: return ConfigError(f"cannot write {_clip(path)}: a name in it is longer than its filesystem allows")
+    if e.errno == errno.ENAMETOOLONG:
+        return ConfigError(f"cannot write {_clip(path)}: a name in it is longer than its filesystem allows")
     return error(f"cannot write {path}: {e.strerror or e}")
 
 def _clip(path) -> str:
     "A path with its over-long names shortened, for messages."
-    return os.sep.join(c if len(c) <= 40 else f'{c[:16]}…({len(os.fsencode(c))} bytes)' for c in str(path).split(os.sep))
+    return os.sep.join(c if len(c) <= 40 else f'{c[:16]}…({len(os.fsencode(c))} bytes)'
+                       for c in str(path).split(os.sep))
 
+# %% ../nbs/07_checkpoint.ipynb #34521636
 def check_path(path,              # a file or folder to be made
                what:str='path',   # how to name it in the message
               ) -> Path:
@@ -106,8 +120,10 @@ def check_path(path,              # a file or folder to be made
     try: name_max, path_max = os.pathconf(base, 'PC_NAME_MAX'), os.pathconf(base, 'PC_PATH_MAX')
     except (OSError, ValueError): name_max, path_max = 255, 4096
     long = next((c for c in p.parts if len(os.fsencode(c)) > name_max), None)
-    if long: raise ConfigError(f"{what} {_clip(p)}: the name {long[:16]}… is {len(os.fsencode(long))} bytes long, more than the {name_max} its filesystem allows")
-    if len(os.fsencode(str(p.absolute()))) >= path_max: raise ConfigError(f"{what} {_clip(p)}: longer than the {path_max} bytes its filesystem allows")
+    if long: raise ConfigError(f"{what} {_clip(p)}: the name {long[:16]}… is {len(os.fsencode(long))} bytes long, "
+                               f"more than the {name_max} its filesystem allows")
+    if len(os.fsencode(str(p.absolute()))) >= path_max:
+        raise ConfigError(f"{what} {_clip(p)}: longer than the {path_max} bytes its filesystem allows")
     return p
 
 def make_dirs(path, what:str='folder', error=CheckpointError) -> Path:
@@ -125,9 +141,10 @@ def _remove(p):
         elif _exists(p): os.unlink(p)
     except OSError: pass
 
-# %% ../nbs/07_checkpoint.ipynb #b8db25b1
+# %% ../nbs/07_checkpoint.ipynb #f19a999d
 def _write_file(path, data:bytes):
-    "Write bytes and fsync them (the one place that writes checkpoint bytes; tests patch it to simulate a crash or a full disk)."
+    """Write bytes and fsync them
+    (the one place that writes checkpoint bytes; tests patch it to simulate a crash or a full disk)."""
     with open(path, 'wb') as f:
         f.write(data); f.flush(); os.fsync(f.fileno())
 
@@ -140,7 +157,8 @@ def atomic_write(path,                  # target file
                  data,                  # bytes or str
                  error=CheckpointError, # the class of the one-line error when the write fails (a full disk, ...)
                 ):
-    "Replace `path` atomically: write a temporary file, fsync, rename, fsync the directory; a failure leaves `path` as it was."
+    """Replace `path` atomically: write a temporary file, fsync, rename, fsync the directory;
+    a failure leaves `path` as it was."""
     path = Path(path); tmp = path.with_name(f'.{path.name}.tmp')
     try:
         _write_file(tmp, data.encode() if isinstance(data, str) else data)
@@ -150,7 +168,7 @@ def atomic_write(path,                  # target file
     try: _fsync_dir(path.parent)
     except OSError: pass                                   # written and renamed; some filesystems cannot fsync a folder
 
-# %% ../nbs/07_checkpoint.ipynb #9243fed7
+# %% ../nbs/07_checkpoint.ipynb #22d1295d
 def encode_bytes(t:torch.Tensor) -> str:
     "A uint8 tensor (an RNG state) as base64 text for JSON."
     return base64.b64encode(t.cpu().numpy().tobytes()).decode()
@@ -158,6 +176,7 @@ def encode_bytes(t:torch.Tensor) -> str:
 def decode_bytes(s:str) -> torch.Tensor:
     return torch.frombuffer(bytearray(base64.b64decode(s)), dtype=torch.uint8)
 
+# %% ../nbs/07_checkpoint.ipynb #2bf6fd45
 def pack_state(params:dict,      # {name: parameter or buffer} owned by this block (or the shared group)
                optimizer=None,   # its optimizer (one param group or more, over some of `params`)
                scheduler=None,   # its LR scheduler; its state_dict must be JSON (LambdaLR's is)
@@ -171,19 +190,23 @@ def pack_state(params:dict,      # {name: parameter or buffer} owned by this blo
     if optimizer is not None:
         name = {id(p): n for n, p in params.items()}
         sd, scalars = optimizer.state_dict(), {}
-        idx = {i: name[id(p)] for g, sg in zip(optimizer.param_groups, sd['param_groups']) for i, p in zip(sg['params'], g['params'])}
+        idx = {i: name[id(p)] for g, sg in zip(optimizer.param_groups, sd['param_groups'])
+               for i, p in zip(sg['params'], g['params'])}
         for i, st in sd['state'].items():
             for key, v in st.items():
                 if torch.is_tensor(v): t[f'opt.{idx[i]}.{key}'] = v
                 else: scalars.setdefault(idx[i], {})[key] = v
-        groups = [{**{k: v for k, v in sg.items() if k != 'params'}, 'params': [idx[i] for i in sg['params']]} for sg in sd['param_groups']]
+        groups = [{**{k: v for k, v in sg.items() if k != 'params'}, 'params': [idx[i] for i in sg['params']]}
+                  for sg in sd['param_groups']]
         m['optimizer'] = {'param_groups': groups, 'scalars': scalars}
     if scheduler is not None: m['scheduler'] = {k: v for k, v in scheduler.state_dict().items() if k != 'lr_lambdas'}
     if ema is not None: t.update({f'ema.{n}': e for n, e in ema.items()})
     if generator is not None: t['rng'] = generator.get_state()
     return {k: v.detach().to('cpu').contiguous() for k, v in t.items()}, {'state': json.dumps(m)}
 
-def unpack_state(tensors:dict, metadata:dict, params:dict, optimizer=None, scheduler=None, ema:dict=None, generator=None) -> dict:
+# %% ../nbs/07_checkpoint.ipynb #0c850623
+def unpack_state(tensors:dict, metadata:dict, params:dict, optimizer=None, scheduler=None, ema:dict=None,
+                 generator=None) -> dict:
     "Restore what `pack_state` saved into the live objects (in place); returns the JSON metadata."
     m = json.loads(metadata['state'])
     missing = [n for n in params if f'param.{n}' not in tensors]
@@ -191,10 +214,12 @@ def unpack_state(tensors:dict, metadata:dict, params:dict, optimizer=None, sched
     with torch.no_grad():
         for n, p in params.items(): p.copy_(tensors[f'param.{n}'])
     if optimizer is not None:
-        if 'optimizer' not in m: raise CheckpointError("checkpoint file has no optimizer state for a block this run trains")
+        if 'optimizer' not in m:
+            raise CheckpointError("checkpoint file has no optimizer state for a block this run trains")
         name = {id(p): n for n, p in params.items()}
         current = [[name[id(p)] for p in g['params']] for g in optimizer.param_groups]
-        if current != [g['params'] for g in m['optimizer']['param_groups']]: raise CheckpointError("checkpoint's optimizer covers other parameters than this run's")
+        if current != [g['params'] for g in m['optimizer']['param_groups']]:
+            raise CheckpointError("checkpoint's optimizer covers other parameters than this run's")
         pos = {n: i for i, n in enumerate(n for g in current for n in g)}
         state = {pos[n]: dict(s) for n, s in m['optimizer']['scalars'].items()}
         for key, v in tensors.items():
@@ -212,7 +237,7 @@ def unpack_state(tensors:dict, metadata:dict, params:dict, optimizer=None, sched
     if generator is not None: generator.set_state(tensors['rng'])
     return m
 
-# %% ../nbs/07_checkpoint.ipynb #8cea0a20
+# %% ../nbs/07_checkpoint.ipynb #eac8458e
 def fingerprint(model) -> dict:
     "The model's own `fingerprint()`, JSON-normalised: what a checkpoint must share with the model."
     return json.loads(json.dumps(model.fingerprint()))   # tuples → lists, as they come back from JSON
@@ -222,47 +247,57 @@ _WHAT = dict(model='model class', num_blocks='block count', split='layer split',
 
 def _short(v):
     if isinstance(v, float): return f'{v:.6g}'
-    if isinstance(v, (list, tuple)): return '[' + ', '.join(_short(x) for x in v[:8]) + (', ...' if len(v) > 8 else '') + ']'
+    if isinstance(v, (list, tuple)):
+        return '[' + ', '.join(_short(x) for x in v[:8]) + (', ...' if len(v) > 8 else '') + ']'
     return repr(v) if isinstance(v, str) else str(v)
 
+# %% ../nbs/07_checkpoint.ipynb #6f1e0903
 def check_fingerprint(saved:dict,                 # fingerprint stored with the checkpoint
                       current:dict,               # fingerprint(model)
                       source:str='checkpoint',    # how to name the checkpoint in the message
                      ):
     "Raise a one-line CheckpointError naming the first difference between a checkpoint and the model."
     if not isinstance(saved, dict): raise CheckpointError(f"{source} has no valid model fingerprint")
-    keys = [k for k in _WHAT if k in saved or k in current] + [k for k in {**saved, **current} if k not in _WHAT and k != 'params']
+    keys = ([k for k in _WHAT if k in saved or k in current]
+            + [k for k in {**saved, **current} if k not in _WHAT and k != 'params'])
     for key in keys:
         a, b = saved.get(key), current.get(key)
         if a == b: continue
         what = _WHAT.get(key, f'fingerprint field {key!r}')
-        if key not in saved: raise CheckpointError(f"{source} does not match the model: its fingerprint lacks {what} (the model's is {_short(b)})")
-        if key not in current: raise CheckpointError(f"{source} does not match the model: {what} {_short(a)} in the checkpoint, none in the model")
+        if key not in saved: raise CheckpointError(f"{source} does not match the model: its fingerprint lacks {what} "
+                                                   f"(the model's is {_short(b)})")
+        if key not in current: raise CheckpointError(f"{source} does not match the model: {what} {_short(a)} "
+                                                     f"in the checkpoint, none in the model")
         if isinstance(a, dict) and isinstance(b, dict):   # name the partition field that differs
             sub = next(k for k in list(b) + list(a) if a.get(k) != b.get(k))
             what, a, b = f'{what} {sub}', a.get(sub), b.get(sub)
-        raise CheckpointError(f"{source} does not match the model: {what} {_short(a)} in the checkpoint vs {_short(b)} in the model")
+        raise CheckpointError(f"{source} does not match the model: {what} {_short(a)} in the checkpoint "
+                              f"vs {_short(b)} in the model")
     a, b = saved.get('params', {}), current.get('params', {})
+    arch = f"{source} does not match the model architecture"
     for n in b:
-        if n not in a: raise CheckpointError(f"{source} does not match the model architecture: parameter {n} is missing from the checkpoint")
-        if a[n] != b[n]: raise CheckpointError(f"{source} does not match the model architecture: {n} has shape {a[n]} in the checkpoint vs {b[n]} in the model")
+        if n not in a: raise CheckpointError(f"{arch}: parameter {n} is missing from the checkpoint")
+        if a[n] != b[n]: raise CheckpointError(f"{arch}: {n} has shape {a[n]} in the checkpoint vs {b[n]} in the model")
     for n in a:
-        if n not in b: raise CheckpointError(f"{source} does not match the model architecture: the checkpoint has parameter {n}, the model does not")
+        if n not in b: raise CheckpointError(f"{arch}: the checkpoint has parameter {n}, the model does not")
 
-# %% ../nbs/07_checkpoint.ipynb #88dbc342
+# %% ../nbs/07_checkpoint.ipynb #ec2a8719
 def block_tensors(model, k:int) -> dict:
     "Parameters and buffers owned by block k alone: what its checkpoint file holds (and what residency moves)."
     others = {id(b) for j, blk in enumerate(model.blocks) if j != k for b in blk.buffers()}
-    return {**model.block_parameters(k), **{f'blocks.{k}.{n}': b for n, b in model.blocks[k].named_buffers() if id(b) not in others}}
+    return {**model.block_parameters(k),
+            **{f'blocks.{k}.{n}': b for n, b in model.blocks[k].named_buffers() if id(b) not in others}}
 
 def shared_tensors(model) -> dict:
     "Shared parameters (trained with every block) and any buffer no block owns alone."
     owned = {id(t) for k in range(model.num_blocks) for t in block_tensors(model, k).values()}
     ps = model.shared_parameters(); ids = owned | {id(p) for p in ps.values()}
     stray = [n for n, p in model.named_parameters() if id(p) not in ids]
-    if stray: raise ConfigError(f"parameter {stray[0]} belongs to no block and is not declared shared (shared_parameters)")
+    if stray:
+        raise ConfigError(f"parameter {stray[0]} belongs to no block and is not declared shared (shared_parameters)")
     return {**ps, **{n: b for n, b in model.named_buffers() if id(b) not in owned}}
 
+# %% ../nbs/07_checkpoint.ipynb #5ca3e31c
 POINTER = 'LATEST'
 def block_file(k:int) -> str: "File name of block k's state."; return f'block_{k}.safetensors'
 SHARED_FILE, STATE_FILE = 'shared.safetensors', 'state.json'
@@ -281,6 +316,7 @@ def _is_name(n) -> bool:
     "A checkpoint directory's name: one plain path component (not '.', '..', a hidden temporary one, or a path)."
     return isinstance(n, str) and bool(n) and not n.startswith('.') and '/' not in n and '\\' not in n and '\0' not in n
 
+# %% ../nbs/07_checkpoint.ipynb #b0b22504
 def _pointer(root:Path) -> list:
     "Checkpoint names in LATEST, newest first; None without a LATEST; CheckpointError naming it when it is unreadable."
     p = root / POINTER
@@ -291,20 +327,23 @@ def _pointer(root:Path) -> list:
         raise CheckpointError(f"checkpoint pointer {p} is unreadable: {' '.join(str(e).split())}") from None
     ok = isinstance(ptr, dict) and isinstance(ptr.get('checkpoint'), str) and isinstance(ptr.get('previous', []), list)
     if not ok or not all(_is_name(n) for n in [ptr['checkpoint'], *ptr.get('previous', [])]):
-        raise CheckpointError(f"checkpoint pointer {p} is malformed: expected {{\"checkpoint\": name, \"previous\": [names]}} with names of directories in {root}")
+        raise CheckpointError(f"checkpoint pointer {p} is malformed: expected {{\"checkpoint\": name, "
+                              f"\"previous\": [names]}} with names of directories in {root}")
     return [ptr['checkpoint'], *ptr.get('previous', [])]
 
 def set_latest(root, names:list):
     "Atomically point LATEST at names[0], with names[1:] as the earlier checkpoints."
     atomic_write(Path(root) / POINTER, json.dumps({'checkpoint': names[0], 'previous': list(names[1:])}))
 
+# %% ../nbs/07_checkpoint.ipynb #a41d45f8
 def save_checkpoint(root,          # the run's checkpoint/ directory
                     name:str,      # checkpoint name, e.g. 'step-00000120'
                     files:dict,    # {filename: (tensors, metadata)} written with safetensors
                     state:dict,    # JSON-able run state, written as state.json (with the files' sha256 added)
                     keep:int=2,    # complete checkpoints to keep (>= 1)
                    ) -> Path:      # the new checkpoint directory
-    "Write a complete checkpoint directory, then atomically make it the latest one; a failure (a full disk) leaves the previous one latest."
+    """Write a complete checkpoint directory, then atomically make it the latest one;
+    a failure (a full disk) leaves the previous one latest."""
     if not _is_name(name): raise ConfigError(f"checkpoint name {name!r} is not a plain directory name")
     root = make_dirs(root, 'checkpoint folder')
     try: history = _pointer(root) or []
@@ -335,11 +374,12 @@ def save_checkpoint(root,          # the run's checkpoint/ directory
         if p.name != POINTER and p.name not in kept: _remove(p)
     return final
 
-# %% ../nbs/07_checkpoint.ipynb #9053cbfa
+# %% ../nbs/07_checkpoint.ipynb #96bf599b
 def read_file(path,                   # a .safetensors file
               check_finite:bool=True, # refuse NaN/inf in any floating-point tensor
              ) -> tuple:              # (tensors, metadata)
-    "(tensors, metadata) of one safetensors file, on the CPU (no pickle involved); one-line CheckpointError if it is not one."
+    """(tensors, metadata) of one safetensors file, on the CPU (no pickle involved);
+    one-line CheckpointError if it is not one."""
     path = regular_file(path, 'checkpoint file')
     try:
         with safe_open(str(path), framework='pt', device='cpu') as f:
@@ -347,12 +387,14 @@ def read_file(path,                   # a .safetensors file
         if 'state' in meta: json.loads(meta['state'])
     except OSError as e: raise CheckpointError(f"checkpoint file {path} is unreadable: {e.strerror or e}") from None
     except Exception as e:      # safetensors' own error type, a bad header, truncated data, ...
-        raise CheckpointError(f"checkpoint file {path} is not a valid safetensors file ({' '.join(str(e).split()) or type(e).__name__})") from None
+        why = ' '.join(str(e).split()) or type(e).__name__
+        raise CheckpointError(f"checkpoint file {path} is not a valid safetensors file ({why})") from None
     if check_finite:
         bad = next((k for k, t in tensors.items() if t.is_floating_point() and not torch.isfinite(t).all()), None)
         if bad: raise CheckpointError(f"checkpoint file {path} holds non-finite values (NaN/inf) in {bad}")
     return tensors, meta
 
+# %% ../nbs/07_checkpoint.ipynb #388a4918
 def read_state(d) -> dict:
     "state.json of checkpoint directory d, checked against its own recorded sha256."
     p = Path(d) / STATE_FILE
@@ -363,10 +405,12 @@ def read_state(d) -> dict:
         raise CheckpointError(f"checkpoint state {p} is unreadable: {' '.join(str(e).split())}") from None
     if not isinstance(state, dict): raise CheckpointError(f"checkpoint state {p} is malformed: not a JSON object")
     h = state.pop('state_sha256', None)
-    if (h is None and state.get('format', 1) != 1) or (h is not None and h != _state_sha256(state)):   # format 1: before hashes
+    # format 1: before hashes
+    if (h is None and state.get('format', 1) != 1) or (h is not None and h != _state_sha256(state)):
         raise CheckpointError(f"checkpoint state {p} is damaged: its content does not match its recorded sha256")
     return state
 
+# %% ../nbs/07_checkpoint.ipynb #a6fa50a2
 def verify_checkpoint(d,              # one checkpoint directory
                       require=(),     # keys state.json must have (e.g. 'fingerprint')
                      ) -> dict:       # its state
@@ -378,17 +422,23 @@ def verify_checkpoint(d,              # one checkpoint directory
         if key not in state: raise CheckpointError(f"checkpoint state {d / STATE_FILE} lacks {key!r}")
     sums = state.get('sha256', {})
     for fn in sums:
-        if not _is_name(fn): raise CheckpointError(f"checkpoint state {d / STATE_FILE} names a file outside its directory: {fn!r}")
+        if not _is_name(fn):
+            raise CheckpointError(f"checkpoint state {d / STATE_FILE} names a file outside its directory: {fn!r}")
         regular_file(d / fn, 'checkpoint file')
     bad = [fn for fn in sums if _file_sha256(d / fn) != sums[fn]]
-    if bad and len(bad) == len(sums) > 1:     # nothing matches: the state is the odd one out (e.g. another checkpoint's)
-        raise CheckpointError(f"checkpoint state {d / STATE_FILE} does not describe the files beside it (no recorded sha256 matches)")
-    if bad: raise CheckpointError(f"checkpoint file {d / bad[0]} is damaged: its sha256 differs from the one in {STATE_FILE}")
+    # nothing matches: the state is the odd one out (e.g. another checkpoint's)
+    if bad and len(bad) == len(sums) > 1:
+        raise CheckpointError(f"checkpoint state {d / STATE_FILE} does not describe the files beside it "
+                              f"(no recorded sha256 matches)")
+    if bad: raise CheckpointError(f"checkpoint file {d / bad[0]} is damaged: "
+                                  f"its sha256 differs from the one in {STATE_FILE}")
     for fn in sums: read_file(d / fn)
     return state
 
+# %% ../nbs/07_checkpoint.ipynb #0b170187
 def checkpoint_dirs(root) -> tuple:
-    "(candidate checkpoint directories newest first: LATEST's, then any other complete-looking one; the pointer's problem or None)."
+    """(candidate checkpoint directories newest first: LATEST's, then any other complete-looking one;
+    the pointer's problem or None)."""
     root = Path(root); problem = None
     try: names = _pointer(root)
     except CheckpointError as e: names, problem = None, str(e)
@@ -406,6 +456,7 @@ def latest_checkpoint(root) -> Path:
     ds, _ = checkpoint_dirs(root)
     return ds[0] if ds else None
 
+# %% ../nbs/07_checkpoint.ipynb #ead158ef
 def find_checkpoint(root,          # a checkpoint/ directory
                     require=(),    # keys its state.json must have
                    ) -> tuple:     # (state, directory), or (None, None) when root holds no checkpoint
@@ -427,7 +478,7 @@ def load_checkpoint(root) -> tuple:
     if d is None: raise CheckpointError(f"no checkpoint in {root}")
     return state, d
 
-# %% ../nbs/07_checkpoint.ipynb #090a7f9f
+# %% ../nbs/07_checkpoint.ipynb #c2331d1a
 _HELD = {}   # resolved lock path -> [fd, depth]: the locks this process holds
 
 class RunDir:
@@ -440,93 +491,114 @@ class RunDir:
     @property
     def checkpoints(self): return self.path / 'checkpoint'
 
-    @contextmanager
-    def lock(self):
-        "Hold the run directory's exclusive writer lock (re-entrant in this process; released when the process dies)."
-        p = self.path / '.lock'
-        check_path(self.path, 'run directory')                 # a name too long: refused before any folder is made
-        try: self.path.mkdir(parents=True, exist_ok=True); key = str(p.resolve())
-        except OSError as e:
-            if e.errno in _FULL: raise write_error(e, self.path) from None
-            raise ConfigError(f"cannot use run directory {self.path}: {e.strerror or e}") from None
-        if key in _HELD:
-            _HELD[key][1] += 1
-            try: yield self
-            finally: _HELD[key][1] -= 1
-            return
-        try: fd = os.open(p, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as e: raise ConfigError(f"cannot lock run directory {self.path}: {e.strerror or e}") from None
-        try: fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            pid = os.read(fd, 32).decode(errors='replace').strip() or 'unknown'; os.close(fd)
-            raise RunInUseError(f"run directory {self.path} is in use by another process (pid {pid})") from None
-        try: os.ftruncate(fd, 0); os.pwrite(fd, str(os.getpid()).encode(), 0)
-        except OSError: pass                                    # a full disk: the lock holds all the same, without the pid
-        _HELD[key] = [fd, 1]
-        try: yield self
-        finally:
-            _HELD[key][1] -= 1
-            if _HELD[key][1] == 0:
-                del _HELD[key]; fcntl.flock(fd, fcntl.LOCK_UN); os.close(fd)
-
-    def write_config(self, cfg:dict):
-        "Write config.json atomically (the run's description; the trainer writes it once, before the first step)."
-        make_dirs(self.path, 'run directory'); atomic_write(self.config_path, json.dumps(cfg, indent=1))
-    def read_config(self) -> dict:
-        "config.json, or None when there is none; a one-line CheckpointError naming it when it is not a JSON object."
-        if not _exists(self.config_path): return None
-        try: cfg = json.loads(read_bounded(self.config_path, LIMITS['config'], 'run config'))
-        except ValueError as e:
-            if isinstance(e, CheckpointError): raise
-            raise CheckpointError(f"run config {self.config_path} is unreadable: {' '.join(str(e).split())}") from None
-        if not isinstance(cfg, dict): raise CheckpointError(f"run config {self.config_path} is malformed: not a JSON object")
-        return cfg
-    def log(self, rows:list):
-        "Append metric rows (dicts) as JSON lines; a failed append (a full disk) is undone and one line."
-        if not rows: return
-        make_dirs(self.path, 'run directory')
-        data = memoryview(''.join(json.dumps(r) + '\n' for r in rows).encode())
-        try:
-            fd = os.open(self.metrics_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, 'O_CLOEXEC', 0), 0o644)
-            try:
-                start = os.fstat(fd).st_size
-                try:
-                    while data: data = data[os.write(fd, data):]
-                except OSError: os.ftruncate(fd, start); raise     # no half line left behind
-            finally: os.close(fd)
-        except OSError as e: raise write_error(e, self.metrics_path) from None
-    def metrics(self) -> list:
-        "All metric rows; a line cut short by a crash is skipped, other unreadable lines (not JSON, not UTF-8) too, with one warning line."
-        if not _exists(self.metrics_path): return []
-        lines = read_bounded(self.metrics_path, LIMITS['metrics'], 'metrics file').split(b'\n')
-        rows, bad = [], []
-        for i, line in enumerate(lines):
-            if not line.strip(): continue
-            try: r = json.loads(line.decode('utf-8'))
-            except ValueError: r = None                          # also UnicodeDecodeError
-            if isinstance(r, dict): rows.append(r)
-            elif i < len(lines) - 1: bad.append(i + 1)           # the last line, without its newline, was cut short by a crash
-        if bad: warnings.warn(f"metrics file {self.metrics_path}: skipped {len(bad)} unreadable line(s) (line {bad[0]}{', ...' if len(bad) > 1 else ''}: not UTF-8 JSON rows)", stacklevel=2)
-        return rows
-    def truncate_metrics(self, iteration:int):
-        "Drop rows logged after `iteration` (by a run that died before its next checkpoint)."
-        if self.metrics_path.exists():
-            atomic_write(self.metrics_path, ''.join(json.dumps(r) + '\n' for r in self.metrics() if r.get('iteration', 0) <= iteration))
     def latest(self): return latest_checkpoint(self.checkpoints)
     def save(self, name, files, state, keep=2):
         with self.lock(): return save_checkpoint(self.checkpoints, name, files, state, keep)
     def load(self, require=()) -> tuple: return find_checkpoint(self.checkpoints, require)
     def __repr__(self): return f'RunDir({str(self.path)!r})'
 
-# %% ../nbs/07_checkpoint.ipynb #ea2d9c77
+# %% ../nbs/07_checkpoint.ipynb #f9c766ce
+@patch
+@contextmanager
+def lock(self:RunDir):
+    "Hold the run directory's exclusive writer lock (re-entrant in this process; released when the process dies)."
+    p = self.path / '.lock'
+    check_path(self.path, 'run directory')                 # a name too long: refused before any folder is made
+    try: self.path.mkdir(parents=True, exist_ok=True); key = str(p.resolve())
+    except OSError as e:
+        if e.errno in _FULL: raise write_error(e, self.path) from None
+        raise ConfigError(f"cannot use run directory {self.path}: {e.strerror or e}") from None
+    if key in _HELD:
+        _HELD[key][1] += 1
+        try: yield self
+        finally: _HELD[key][1] -= 1
+        return
+    try: fd = os.open(p, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e: raise ConfigError(f"cannot lock run directory {self.path}: {e.strerror or e}") from None
+    try: fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        pid = os.read(fd, 32).decode(errors='replace').strip() or 'unknown'; os.close(fd)
+        raise RunInUseError(f"run directory {self.path} is in use by another process (pid {pid})") from None
+    try: os.ftruncate(fd, 0); os.pwrite(fd, str(os.getpid()).encode(), 0)
+    except OSError: pass                       # a full disk: the lock holds all the same, without the pid
+    _HELD[key] = [fd, 1]
+    try: yield self
+    finally:
+        _HELD[key][1] -= 1
+        if _HELD[key][1] == 0:
+            del _HELD[key]; fcntl.flock(fd, fcntl.LOCK_UN); os.close(fd)
+
+# %% ../nbs/07_checkpoint.ipynb #cc353234
+@patch
+def write_config(self:RunDir, cfg:dict):
+    "Write config.json atomically (the run's description; the trainer writes it once, before the first step)."
+    make_dirs(self.path, 'run directory'); atomic_write(self.config_path, json.dumps(cfg, indent=1))
+
+@patch
+def read_config(self:RunDir) -> dict:
+    "config.json, or None when there is none; a one-line CheckpointError naming it when it is not a JSON object."
+    if not _exists(self.config_path): return None
+    try: cfg = json.loads(read_bounded(self.config_path, LIMITS['config'], 'run config'))
+    except ValueError as e:
+        if isinstance(e, CheckpointError): raise
+        raise CheckpointError(f"run config {self.config_path} is unreadable: {' '.join(str(e).split())}") from None
+    if not isinstance(cfg, dict):
+        raise CheckpointError(f"run config {self.config_path} is malformed: not a JSON object")
+    return cfg
+
+# %% ../nbs/07_checkpoint.ipynb #8da6dd2b
+@patch
+def log(self:RunDir, rows:list):
+    "Append metric rows (dicts) as JSON lines; a failed append (a full disk) is undone and one line."
+    if not rows: return
+    make_dirs(self.path, 'run directory')
+    data = memoryview(''.join(json.dumps(r) + '\n' for r in rows).encode())
+    try:
+        fd = os.open(self.metrics_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, 'O_CLOEXEC', 0), 0o644)
+        try:
+            start = os.fstat(fd).st_size
+            try:
+                while data: data = data[os.write(fd, data):]
+            except OSError: os.ftruncate(fd, start); raise     # no half line left behind
+        finally: os.close(fd)
+    except OSError as e: raise write_error(e, self.metrics_path) from None
+
+# %% ../nbs/07_checkpoint.ipynb #c7316d1e
+@patch
+def metrics(self:RunDir) -> list:
+    """All metric rows; a line cut short by a crash is skipped,
+    other unreadable lines (not JSON, not UTF-8) too, with one warning line."""
+    if not _exists(self.metrics_path): return []
+    lines = read_bounded(self.metrics_path, LIMITS['metrics'], 'metrics file').split(b'\n')
+    rows, bad = [], []
+    for i, line in enumerate(lines):
+        if not line.strip(): continue
+        try: r = json.loads(line.decode('utf-8'))
+        except ValueError: r = None                          # also UnicodeDecodeError
+        if isinstance(r, dict): rows.append(r)
+        elif i < len(lines) - 1: bad.append(i + 1)   # the last line, without its newline, was cut short by a crash
+    if bad: warnings.warn(f"metrics file {self.metrics_path}: skipped {len(bad)} unreadable line(s) "
+                          f"(line {bad[0]}{', ...' if len(bad) > 1 else ''}: not UTF-8 JSON rows)", stacklevel=2)
+    return rows
+
+@patch
+def truncate_metrics(self:RunDir, iteration:int):
+    "Drop rows logged after `iteration` (by a run that died before its next checkpoint)."
+    if self.metrics_path.exists():
+        atomic_write(self.metrics_path,
+                     ''.join(json.dumps(r) + '\n' for r in self.metrics() if r.get('iteration', 0) <= iteration))
+
+# %% ../nbs/07_checkpoint.ipynb #db99006c
 def _find(path, require=()) -> tuple:
-    "(state, directory) of the checkpoint `path` names: a checkpoint directory itself, or the newest valid one under a run."
+    """(state, directory) of the checkpoint `path` names: a checkpoint directory itself,
+    or the newest valid one under a run."""
     p = Path(path)
     if (p / STATE_FILE).is_file(): return verify_checkpoint(p, require), p
     state, d = find_checkpoint(p / 'checkpoint' if (p / 'checkpoint').is_dir() else p, require)
     if d is None: raise CheckpointError(f"no checkpoint in {path}")
     return state, d
 
+# %% ../nbs/07_checkpoint.ipynb #349da483
 def load_weights(path,            # run directory, its checkpoint/ directory, or one checkpoint directory
                  model,           # the model to load into (same fingerprint as the checkpoint's)
                  ema:bool=False,  # load the EMA weights instead of the raw ones

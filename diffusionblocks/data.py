@@ -18,14 +18,16 @@ import torch
 from torch.utils.data import Dataset, DataLoader
 from PIL import Image
 
-# %% ../nbs/09_data.ipynb #d89358d5
+# %% ../nbs/09_data.ipynb #a00e6a03
 from .errors import DataError   # a missing, empty or corrupt data source: one line naming the file or id
-from .checkpoint import read_bounded, regular_file, size_str, LIMITS   # every file read is bounded (LIMITS['text'])
+# every file read is bounded (LIMITS['text'])
+from .checkpoint import read_bounded, regular_file, size_str, LIMITS
 
 ENV_DATA, ENV_SHARED = 'DIFFUSIONBLOCKS_DATA', 'DIFFUSIONBLOCKS_SHARED_DATA'
 
 def repo_root():
-    "The project checkout holding the package (a folder with pyproject.toml and diffusionblocks/), or None when installed."
+    """The project checkout holding the package (a folder with pyproject.toml and diffusionblocks/), or None when
+    installed."""
     spec = importlib.util.find_spec('diffusionblocks')
     cands = [Path(p).resolve().parent for p in (spec.submodule_search_locations or [])] if spec else []
     cwd = Path.cwd().resolve()
@@ -39,12 +41,15 @@ def data_dir() -> Path:
     root = repo_root()
     return root/'data' if root else Path.home()/'.cache'/'diffusionblocks'
 
+# %% ../nbs/09_data.ipynb #3aa262f9
 def shared_data_dir():
-    "Development copies of public data: $DIFFUSIONBLOCKS_SHARED_DATA, else ../shared/data from the repo root; None if absent."
-    d = Path(os.environ[ENV_SHARED]).expanduser() if os.environ.get(ENV_SHARED) else (repo_root().parent/'shared'/'data' if repo_root() else None)
+    """Development copies of public data: $DIFFUSIONBLOCKS_SHARED_DATA, else ../shared/data from the repo root; None
+    if absent."""
+    d = (Path(os.environ[ENV_SHARED]).expanduser() if os.environ.get(ENV_SHARED)
+         else (repo_root().parent/'shared'/'data' if repo_root() else None))
     return d.resolve() if d is not None and d.is_dir() else None
 
-# %% ../nbs/09_data.ipynb #2379388e
+# %% ../nbs/09_data.ipynb #9edd2c51
 SHORTCUTS = {  # name: (tarball tried in the shared data folder, hub id)
     'cifar10': ('cifar10-jpg.tar.gz', 'uoft-cs/cifar10'),
     'cifar100': (None, 'uoft-cs/cifar100'),
@@ -63,13 +68,17 @@ STATS = {  # per-channel (mean, std) of the train split in [0, 1], for normalize
 IMAGE_EXTS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.webp', '.tif', '.tiff')
 _TAR_RE = re.compile(r'\.(tar|tar\.gz|tgz|tar\.bz2|tbz2?|tar\.xz|txz)$', re.I)
 _HUB_RE = re.compile(r'^[\w.-]+/[\w.-]+$')
-GRAMMAR = "'digits', 'cifar10', 'cifar100', 'tiny-imagenet', 'hf:<hub id>', '<owner>/<name>', a folder <root>/<split>/<class>/*.png, or a .tar/.tar.gz/.tgz"
+GRAMMAR = ("'digits', 'cifar10', 'cifar100', 'tiny-imagenet', 'hf:<hub id>', '<owner>/<name>', "
+           "a folder <root>/<split>/<class>/*.png, or a .tar/.tar.gz/.tgz")
 
+# %% ../nbs/09_data.ipynb #48b8096f
 def _tar_stem(name): return _TAR_RE.sub('', name)
 def _is_image_name(f): return f.lower().endswith(IMAGE_EXTS) and not f.startswith('.')
 
+# %% ../nbs/09_data.ipynb #769e6a4f
 def parse_source(source='digits'):
-    "Resolve a source string to (kind, target, name): kind 'digits' | 'folder' | 'tar' | 'hub'; name of a known data set or None."
+    """Resolve a source string to (kind, target, name): kind 'digits' | 'folder' | 'tar' | 'hub'; name of a known
+    data set or None."""
     s = str(source).strip()
     if s == 'digits': return 'digits', 'digits', 'digits'
     if s in SHORTCUTS:
@@ -86,26 +95,32 @@ def parse_source(source='digits'):
     if p.is_file():
         if _TAR_RE.search(p.name) or tarfile.is_tarfile(p): return 'tar', str(p.resolve()), None
         raise DataError(f"not an image folder or tar archive: {p} (sources: {GRAMMAR})")
-    if _HUB_RE.match(s) and not _TAR_RE.search(s) and not s.startswith('.'): return 'hub', s, HUB_DATASETS.get(s, {}).get('name')
+    if _HUB_RE.match(s) and not _TAR_RE.search(s) and not s.startswith('.'):
+        return 'hub', s, HUB_DATASETS.get(s, {}).get('name')
     raise DataError(f"no such file or folder: {s} (sources: {GRAMMAR})")
 
-# %% ../nbs/09_data.ipynb #0f7a6e4f
+# %% ../nbs/09_data.ipynb #db7ef043
 _GREY_MODES = ('1', 'L', 'LA', 'I', 'I;16', 'F')
 
 def _open_image(cell, name):
-    "PIL image from a datasets cell ({'bytes', 'path'}), a path, a PIL image or a 2-D float array; corrupt files raise DataError naming them."
+    """PIL image from a datasets cell ({'bytes', 'path'}), a path, a PIL image or a 2-D float array; corrupt files
+    raise DataError naming them."""
     try:
         if isinstance(cell, Image.Image): im = cell
-        elif isinstance(cell, np.ndarray): im = Image.fromarray(np.ascontiguousarray(cell, dtype=np.float32) if cell.dtype != np.uint8 else cell)
-        elif isinstance(cell, dict): im = Image.open(io.BytesIO(cell['bytes'])) if cell.get('bytes') is not None else Image.open(cell['path'])
+        elif isinstance(cell, np.ndarray):
+            im = Image.fromarray(np.ascontiguousarray(cell, dtype=np.float32) if cell.dtype != np.uint8 else cell)
+        elif isinstance(cell, dict):
+            im = Image.open(io.BytesIO(cell['bytes'])) if cell.get('bytes') is not None else Image.open(cell['path'])
         else: im = Image.open(cell)
         im.load()
     except (OSError, ValueError, SyntaxError, TypeError, Image.DecompressionBombError) as e:
         raise DataError(f"corrupt or unreadable image {name} ({type(e).__name__})") from None
     return im
 
+# %% ../nbs/09_data.ipynb #a961309a
 def _to_array(im, size, channels):
-    "float32 (C, H, W) in [0, 1] from a PIL image: converted to grey or RGB, resized (bicubic) when size=(H, W) is given."
+    """float32 (C, H, W) in [0, 1] from a PIL image: converted to grey or RGB, resized (bicubic) when size=(H, W) is
+    given."""
     if im.mode != 'F': im = im.convert('L' if channels == 1 else 'RGB')
     if size is not None and im.size != (size[1], size[0]): im = im.resize((size[1], size[0]), Image.BICUBIC)
     a = np.asarray(im, dtype=np.float32)
@@ -114,13 +129,15 @@ def _to_array(im, size, channels):
     if a.shape[0] != channels: a = np.repeat(a, channels, 0)     # a grey float image asked for as RGB
     return np.clip(a, 0, 1)
 
+# %% ../nbs/09_data.ipynb #3f208abc
 def _decode(ds, col, size=None, channels=None, workers=None, what='image'):
     "Decode a datasets image (or array) column into one float tensor (N, C, H, W) in [0, 1]."
     import datasets
     if isinstance(ds.features[col], datasets.Image): cells = ds.cast_column(col, datasets.Image(decode=False))[:][col]
     else: cells = list(ds.with_format('numpy', columns=[col])[:][col])   # whole-column reads: row iteration is slow
     if not cells: raise DataError(f"no images in {what}")
-    def name(i):                                                 # a file path, tarball:member, or source split[i] (path)
+    # a file path, tarball:member, or source split[i] (path)
+    def name(i):
         p = cells[i].get('path') if isinstance(cells[i], dict) else None
         return p if p and (os.path.isabs(p) or ':' in p) else f"{what}[{i}]" + (f" ({p})" if p else '')
     im0 = _open_image(cells[0], name(0))
@@ -131,21 +148,27 @@ def _decode(ds, col, size=None, channels=None, workers=None, what='image'):
     def work(lo):
         for i in range(lo, min(lo + 256, len(cells))):
             a = _to_array(_open_image(cells[i], name(i)), size, C)
-            if a.shape != a0.shape: raise DataError(f"image {name(i)} is {a.shape[2]}x{a.shape[1]} but {name(0)} is {a0.shape[2]}x{a0.shape[1]}: pass image_size=")
+            if a.shape != a0.shape:
+                raise DataError(f"image {name(i)} is {a.shape[2]}x{a.shape[1]} but {name(0)} is "
+                                f"{a0.shape[2]}x{a0.shape[1]}: pass image_size=")
             out[i] = torch.from_numpy(a)
     with ThreadPoolExecutor(workers or min(8, os.cpu_count() or 1)) as ex: list(ex.map(work, range(1, len(cells), 256)))
     return out
 
+# %% ../nbs/09_data.ipynb #47cdf263
 def _table(cells, labels, classes):
     "A datasets.Dataset (image: undecoded Image, label: ClassLabel) from image paths or {'bytes', 'path'} cells."
     import datasets
-    feats = datasets.Features({'image': datasets.Image(decode=False), 'label': datasets.ClassLabel(names=list(classes))})
+    feats = datasets.Features({'image': datasets.Image(decode=False),
+                               'label': datasets.ClassLabel(names=list(classes))})
     return datasets.Dataset.from_dict({'image': list(cells), 'label': list(labels)}, features=feats)
 
-# %% ../nbs/09_data.ipynb #b08c5879
+# %% ../nbs/09_data.ipynb #e04f5b06
 class ImageData(Dataset):
-    "One split of a labelled image set as normalised tensors: images (N, C, H, W), labels (N,), classes, source; a torch Dataset."
-    def __init__(self, images, labels, classes, source, split='train', mean=0., std=1., normalize=None, n_total=None, transform=None):
+    """One split of a labelled image set as normalised tensors: images (N, C, H, W), labels (N,), classes, source; a
+    torch Dataset."""
+    def __init__(self, images, labels, classes, source, split='train', mean=0., std=1., normalize=None, n_total=None,
+                 transform=None):
         self.images, self.labels, self.classes = images, labels, list(classes)    # (N, C, H, W) float, (N,) long
         self.source, self.split, self.normalize, self.transform = source, split, normalize, transform
         C = images.shape[1]
@@ -170,8 +193,10 @@ class ImageData(Dataset):
     def to(self, device):
         "Move images and labels to a device (in place); returns self."
         self.images, self.labels = self.images.to(device), self.labels.to(device); return self
-    def loader(self, batch_size=128, shuffle=True, transform=None, num_workers=0, drop_last=False, seed=None, pin_memory=None, **kwargs):
-        "A DataLoader over (image, label) batches; memory pinned when CUDA is available, shuffling seeded when seed is given."
+    def loader(self, batch_size=128, shuffle=True, transform=None, num_workers=0, drop_last=False, seed=None,
+               pin_memory=None, **kwargs):
+        """A DataLoader over (image, label) batches; memory pinned when CUDA is available, shuffling seeded when seed
+        is given."""
         ds = self.with_transform(transform) if transform is not None else self
         g = torch.Generator().manual_seed(seed) if seed is not None else None
         pin = torch.cuda.is_available() and self.images.device.type == 'cpu' if pin_memory is None else pin_memory
@@ -181,34 +206,42 @@ class ImageData(Dataset):
         return (f"ImageData({self.source!r}, split={self.split!r}, n={len(self)}/{self.n_total}, shape={self.shape}, "
                 f"classes={self.num_classes}, normalize={self.normalize!r})")
 
+# %% ../nbs/09_data.ipynb #d9be9a5e
 def _normalize(x, normalize, mean=None, std=None, name=None):
-    "Normalise [0, 1] images in place: 'symmetric' → [-1, 1]; 'standard' → per-channel z-scores; None → unchanged. Returns (x, mean, std)."
+    """Normalise [0, 1] images in place: 'symmetric' → [-1, 1]; 'standard' → per-channel z-scores; None → unchanged.
+    Returns (x, mean, std)."""
     C = x.shape[1]
     if normalize == 'symmetric': m, s = torch.full((C,), 0.5), torch.full((C,), 0.5)
     elif normalize is None: m, s = torch.zeros(C), torch.ones(C)
     elif normalize == 'standard':
         known = STATS.get(name) if C == 3 else None
-        m = torch.as_tensor(mean if mean is not None else known[0] if known else x.mean((0, 2, 3)), dtype=torch.float32).expand(C).clone()
-        s = torch.as_tensor(std if std is not None else known[1] if known else x.std((0, 2, 3)), dtype=torch.float32).expand(C).clone()
+        m = torch.as_tensor(mean if mean is not None else known[0] if known else x.mean((0, 2, 3)),
+                            dtype=torch.float32).expand(C).clone()
+        s = torch.as_tensor(std if std is not None else known[1] if known else x.std((0, 2, 3)),
+                            dtype=torch.float32).expand(C).clone()
     else: raise ValueError(f"normalize must be 'symmetric', 'standard' or None, got {normalize!r}")
     return x.sub_(m[:, None, None]).div_(s[:, None, None]), m, s
 
-# %% ../nbs/09_data.ipynb #0fb833a9
+# %% ../nbs/09_data.ipynb #b4f6e9be
 DIGITS_TEST, DIGITS_SEED = 360, 0
 
 def _digits_table(split):
-    "scikit-learn's digits as a datasets.Dataset (image: (8, 8) float32 in [0, 1], label: ClassLabel 0-9), one fixed split."
+    """scikit-learn's digits as a datasets.Dataset (image: (8, 8) float32 in [0, 1], label: ClassLabel 0-9), one
+    fixed split."""
     import datasets
     from sklearn.datasets import load_digits
     if split not in ('train', 'test'): raise DataError(f"unknown split {split!r} for digits: use 'train' or 'test'")
     d = load_digits()
     perm = np.random.default_rng(DIGITS_SEED).permutation(len(d.target))
     idx = np.sort(perm[:DIGITS_TEST] if split == 'test' else perm[DIGITS_TEST:])
-    feats = datasets.Features({'image': datasets.Array2D((8, 8), 'float32'), 'label': datasets.ClassLabel(names=[str(i) for i in range(10)])})
-    return datasets.Dataset.from_dict({'image': (d.images[idx] / 16).astype(np.float32), 'label': d.target[idx]}, features=feats)
+    feats = datasets.Features({'image': datasets.Array2D((8, 8), 'float32'),
+                               'label': datasets.ClassLabel(names=[str(i) for i in range(10)])})
+    return datasets.Dataset.from_dict({'image': (d.images[idx] / 16).astype(np.float32), 'label': d.target[idx]},
+                                      features=feats)
 
-# %% ../nbs/09_data.ipynb #f81852ce
-def _subdirs(d): return sorted((e for e in os.scandir(d) if e.is_dir() and not e.name.startswith('.')), key=lambda e: e.name)
+# %% ../nbs/09_data.ipynb #4b62f9a5
+def _subdirs(d):
+    return sorted((e for e in os.scandir(d) if e.is_dir() and not e.name.startswith('.')), key=lambda e: e.name)
 def _has_image(d):
     with os.scandir(d) as it: return any(e.is_file() and _is_image_name(e.name) for e in it)
 
@@ -222,6 +255,7 @@ def _folder_splits(root):
         if splits: return splits
     return {}
 
+# %% ../nbs/09_data.ipynb #5bb4f588
 def _folder_table(root, split):
     "A datasets.Dataset of one split of an image folder <root>/[<top>/]<split>/<class>/*.png|jpg."
     splits = _folder_splits(root)
@@ -236,9 +270,10 @@ def _folder_table(root, split):
         paths += [str(d/f) for f in fs]; labels += [i] * len(fs)
     return _table(paths, labels, classes)
 
-# %% ../nbs/09_data.ipynb #2709b41e
+# %% ../nbs/09_data.ipynb #4e3b13ce
 def _scan_tar(path, on_file=None):
-    "Stream a tarball once: {split: {class: [member]}} of image files at [<top>/]<split>/<class>/<file>; on_file(parts, read) sees each."
+    """Stream a tarball once: {split: {class: [member]}} of image files at [<top>/]<split>/<class>/<file>;
+    on_file(parts, read) sees each."""
     index = {}
     try:
         with tarfile.open(path, 'r|*') as tf:
@@ -254,6 +289,7 @@ def _scan_tar(path, on_file=None):
 
 _DIGESTS = {}   # (path, size, mtime) -> sha256 prefix: one hash per file version and process
 
+# %% ../nbs/09_data.ipynb #58fe1639
 def content_key(path) -> str:
     "The first 12 hex digits of a file's SHA-256 (cached per path, size and modification time)."
     st = Path(path).stat()
@@ -266,13 +302,16 @@ def content_key(path) -> str:
     return _DIGESTS[key]
 
 def tar_cache_dir(path) -> Path:
-    "Where a tarball is extracted: <cache>/<tarball name without .tar.gz>-<content hash>, so a replaced tarball is extracted anew."
+    """Where a tarball is extracted: <cache>/<tarball name without .tar.gz>-<content hash>, so a replaced tarball is
+    extracted anew."""
     path = Path(path).expanduser()
     if not path.is_file(): raise DataError(f"no such file: {path}")
     return data_dir()/f"{_tar_stem(path.name)}-{content_key(path)}"
 
+# %% ../nbs/09_data.ipynb #f706ce71
 def extract_tarball(path, splits=None) -> Path:
-    "Extract a tarball's image splits (all, or those named) once into tar_cache_dir(path), atomically; returns that folder."
+    """Extract a tarball's image splits (all, or those named) once into tar_cache_dir(path), atomically; returns that
+    folder."""
     path = Path(path).expanduser()
     if not path.is_file(): raise DataError(f"no such file: {path}")
     dest = tar_cache_dir(path)
@@ -292,7 +331,8 @@ def extract_tarball(path, splits=None) -> Path:
     try:
         index = _scan_tar(path, write)
         if want is not None and want - set(index):
-            raise DataError(f"unknown split {sorted(want - set(index))[0]!r} in tarball {path}: it has {', '.join(sorted(index))}")
+            raise DataError(f"unknown split {sorted(want - set(index))[0]!r} in tarball {path}: it has "
+                            f"{', '.join(sorted(index))}")
         for sp, rel in tops.items():
             final = dest.joinpath(*rel)
             final.parent.mkdir(parents=True, exist_ok=True)
@@ -304,34 +344,40 @@ def extract_tarball(path, splits=None) -> Path:
         with contextlib.suppress(OSError): dest.rmdir()         # only if nothing was extracted
     return dest
 
+# %% ../nbs/09_data.ipynb #ec605cc2
 def _tar_table(path, split):
     "One split of a tarball as a datasets.Dataset of in-memory image bytes (nothing written to disk)."
     data = {}
     def keep(parts, read):
         if parts[-3] == split: data['/'.join(parts)] = read()
     index = _scan_tar(path, keep)
-    if split not in index: raise DataError(f"unknown split {split!r} in tarball {path}: it has {', '.join(sorted(index))}")
+    if split not in index:
+        raise DataError(f"unknown split {split!r} in tarball {path}: it has {', '.join(sorted(index))}")
     classes = sorted(set().union(*index.values()))
     cells, labels = [], []
     for i, c in enumerate(classes):
-        for m in sorted(index[split].get(c, [])): cells.append({'bytes': data[m], 'path': f"{path}:{m}"}); labels.append(i)
+        for m in sorted(index[split].get(c, [])):
+            cells.append({'bytes': data[m], 'path': f"{path}:{m}"}); labels.append(i)
     return _table(cells, labels, classes)
 
-# %% ../nbs/09_data.ipynb #20c3e6bb
+# %% ../nbs/09_data.ipynb #1ea85275
 @contextlib.contextmanager
 def hub_offline(offline=True):
-    "Inside the block, datasets and huggingface_hub are offline (or online when offline=False), whatever the environment says."
+    """Inside the block, datasets and huggingface_hub are offline (or online when offline=False), whatever the
+    environment says."""
     import datasets.config as dc, huggingface_hub.constants as hc
     old = dc.HF_HUB_OFFLINE, hc.HF_HUB_OFFLINE
     dc.HF_HUB_OFFLINE = hc.HF_HUB_OFFLINE = bool(offline)
     try: yield
     finally: dc.HF_HUB_OFFLINE, hc.HF_HUB_OFFLINE = old
 
+# %% ../nbs/09_data.ipynb #85491626
 def _hub_table(hid, split, offline=None, image_key=None, label_key=None):
     "One split of a hub (or load_dataset-readable local) data set; returns (dataset, image column, label column)."
     import datasets
     info = HUB_DATASETS.get(hid, {})
-    if info and split not in info['splits']: raise DataError(f"unknown split {split!r} for {hid}: use {' or '.join(info['splits'])}")
+    if info and split not in info['splits']:
+        raise DataError(f"unknown split {split!r} for {hid}: use {' or '.join(info['splits'])}")
     local = Path(hid).expanduser()
     try:
         with hub_offline(offline) if offline is not None else contextlib.nullcontext():
@@ -343,25 +389,35 @@ def _hub_table(hid, split, offline=None, image_key=None, label_key=None):
     except DataError: raise
     except Exception as e:
         msg = (str(e).strip().splitlines() or [''])[0][:200]
-        if isinstance(e, ValueError) and 'split' in msg.lower(): raise DataError(f"unknown split {split!r} for {hid}: {msg}") from None
-        if local.exists(): raise DataError(f"datasets could not load the local data set {local} ({type(e).__name__}: {msg})") from None
+        if isinstance(e, ValueError) and 'split' in msg.lower():
+            raise DataError(f"unknown split {split!r} for {hid}: {msg}") from None
+        if local.exists():
+            raise DataError(f"datasets could not load the local data set {local} ({type(e).__name__}: {msg})") from None
         raise DataError(f"hub data set {hid!r} could not be loaded: it needs network access or a local copy "
-                        f"(a folder, a tarball, or a download cached in {data_dir()/'hf'}) ({type(e).__name__}: {msg})") from None
+                        f"(a folder, a tarball, or a download cached in {data_dir()/'hf'}) "
+                        f"({type(e).__name__}: {msg})") from None
     feats = ds.features
-    img = image_key or info.get('image') or next((k for k, f in feats.items() if isinstance(f, datasets.Image)), None) or next((k for k in ('image', 'img') if k in feats), None)
-    lab = label_key or info.get('label') or next((k for k, f in feats.items() if isinstance(f, datasets.ClassLabel)), None) or next((k for k in ('label', 'labels') if k in feats), None)
+    img = (image_key or info.get('image')
+           or next((k for k, f in feats.items() if isinstance(f, datasets.Image)), None)
+           or next((k for k in ('image', 'img') if k in feats), None))
+    lab = (label_key or info.get('label')
+           or next((k for k, f in feats.items() if isinstance(f, datasets.ClassLabel)), None)
+           or next((k for k in ('label', 'labels') if k in feats), None))
     if img not in feats: raise DataError(f"{hid}: no image column among {list(feats)}; pass image_key=")
     if lab not in feats: raise DataError(f"{hid}: no label column among {list(feats)}; pass label_key=")
     return ds, img, lab
 
-# %% ../nbs/09_data.ipynb #ae2732d8
+# %% ../nbs/09_data.ipynb #04c27ab1
 def _subset(labels, limit=None, per_class=None, seed=0):
     "Indices kept: the first per_class of every class (file order), then a seeded random limit of those, sorted."
     idx = np.arange(len(labels))
-    if per_class is not None: idx = np.sort(np.concatenate([np.flatnonzero(labels == c)[:per_class] for c in np.unique(labels)]))
-    if limit is not None and limit < len(idx): idx = np.sort(np.random.default_rng(seed).choice(idx, limit, replace=False))
+    if per_class is not None:
+        idx = np.sort(np.concatenate([np.flatnonzero(labels == c)[:per_class] for c in np.unique(labels)]))
+    if limit is not None and limit < len(idx):
+        idx = np.sort(np.random.default_rng(seed).choice(idx, limit, replace=False))
     return idx
 
+# %% ../nbs/09_data.ipynb #7bdf9731
 def load_images(source='digits',         # see the source grammar above
                 split='train',           # 'train', 'test' (CIFAR), 'valid' (Tiny-ImageNet), a folder's split name
                 image_size=None,         # int or (H, W): resize (bicubic) to this; None keeps the stored size
@@ -373,7 +429,8 @@ def load_images(source='digits',         # see the source grammar above
                 channels=None,           # 1 or 3; default: 3 for known colour sets, else as the first image
                 mean=None, std=None,     # channel statistics for normalize='standard'
                 image_key=None, label_key=None,  # hub column names, when not known or detectable
-                extract=None,            # tarballs: extract to the cache (True), stream (False); default: extract full splits
+                # tarballs: extract to the cache (True), stream (False); default: extract full splits
+                extract=None,
                 offline=None,            # hub: force offline (True) or online (False); None follows HF_HUB_OFFLINE
                 workers=None,            # decoding threads (default min(8, CPUs))
                 transform=None,          # per-item transform applied by __getitem__ (see `augmentation`)
@@ -406,9 +463,10 @@ def load_images(source='digits',         # see the source grammar above
     x, m, s = _normalize(x, normalize, mean, std, name)
     return ImageData(x, torch.from_numpy(labels), classes, canon, split, m, s, normalize, n_total, transform)
 
-# %% ../nbs/09_data.ipynb #c612a6f8
+# %% ../nbs/09_data.ipynb #5e3a70ee
 class _OnUint8(torch.nn.Module):
-    "Apply an 8-bit image transform (RandAugment) to a normalised float image: de-normalise, quantise, transform, normalise."
+    """Apply an 8-bit image transform (RandAugment) to a normalised float image: de-normalise, quantise, transform,
+    normalise."""
     def __init__(self, t, mean, std):
         super().__init__(); self.t = t
         self.register_buffer('mean', torch.as_tensor(mean, dtype=torch.float32)[:, None, None])
@@ -418,6 +476,7 @@ class _OnUint8(torch.nn.Module):
         u = ((x * s + m) * 255).round().clamp(0, 255).to(torch.uint8)
         return (self.t(u).float() / 255 - m) / s
 
+# %% ../nbs/09_data.ipynb #48bff28e
 def augmentation(data,               # an ImageData (for its image size and normalisation)
                  flip=True,          # random horizontal flip, p = 0.5
                  crop_padding=4,     # random crop of the original size after zero padding (None: off)
@@ -426,7 +485,8 @@ def augmentation(data,               # an ImageData (for its image size and norm
     "Per-image train augmentation as torchvision transforms on normalised (C, H, W) tensors; None if nothing is on."
     from torchvision.transforms import v2
     ts = []
-    if crop_padding: ts.append(v2.RandomCrop(data.shape[1:], padding=crop_padding, fill=(-data.mean / data.std).tolist()))
+    if crop_padding:
+        ts.append(v2.RandomCrop(data.shape[1:], padding=crop_padding, fill=(-data.mean / data.std).tolist()))
     if flip: ts.append(v2.RandomHorizontalFlip(0.5))
     if randaugment: ts.append(_OnUint8(v2.RandAugment(num_ops=num_ops, magnitude=magnitude), data.mean, data.std))
     return v2.Compose(ts) if ts else None
@@ -435,7 +495,7 @@ def augment_batch(x, transform):
     "Apply a per-image transform to every image of a batch (N, C, H, W), each with its own random draw."
     return x if transform is None else torch.stack([transform(xi) for xi in x])
 
-# %% ../nbs/09_data.ipynb #5f17aa23
+# %% ../nbs/09_data.ipynb #d84629f3
 TEXT_FILES = {'tinyshakespeare': ('tinyshakespeare.txt.gz', 'tinyshakespeare.txt'), 'text8': ('text8', 'text8.zip')}
 TEXT8_CHARS = ' abcdefghijklmnopqrstuvwxyz'
 _DIGIT_WORDS = 'zero one two three four five six seven eight nine'.split()
@@ -445,16 +505,21 @@ def split_text(text, fracs=(0.9, 0.05, 0.05)) -> dict:
     a = int(len(text) * fracs[0]); b = a + int(len(text) * fracs[1])
     return {'train': text[:a], 'val': text[a:b], 'test': text[b:]}
 
+# %% ../nbs/09_data.ipynb #1ec00d59
 def _read_text(p):
-    "Text of a .txt, .gz or .zip (first member) file of at most LIMITS['text'] bytes (also unpacked), decoded as UTF-8; problems raise DataError naming the file."
+    """Text of a .txt, .gz or .zip (first member) file of at most LIMITS['text'] bytes (also unpacked), decoded as
+    UTF-8; problems raise DataError naming the file."""
     p, limit = Path(p), LIMITS['text']
     raw = read_bounded(p, limit, 'text file', DataError)
     try:
         if p.suffix == '.gz':
             with gzip.GzipFile(fileobj=io.BytesIO(raw)) as g: raw = g.read(limit + 1)
         elif p.suffix == '.zip':
-            with zipfile.ZipFile(io.BytesIO(raw)) as z, z.open(next(n for n in z.namelist() if not n.endswith('/'))) as f: raw = f.read(limit + 1)
-        if len(raw) > limit: raise DataError(f"text file {p} unpacks to more than the {size_str(limit)} a text corpus may hold")
+            with zipfile.ZipFile(io.BytesIO(raw)) as z, \
+                 z.open(next(n for n in z.namelist() if not n.endswith('/'))) as f:
+                raw = f.read(limit + 1)
+        if len(raw) > limit:
+            raise DataError(f"text file {p} unpacks to more than the {size_str(limit)} a text corpus may hold")
         text = raw.decode('utf-8')
     except (OSError, EOFError, zlib.error, zipfile.BadZipFile, StopIteration) as e:
         raise DataError(f"corrupt or truncated text file {p} ({type(e).__name__}: {e})") from None
@@ -462,31 +527,42 @@ def _read_text(p):
     if not text: raise DataError(f"empty text file {p}")
     return text
 
+# %% ../nbs/09_data.ipynb #23865039
 def text_path(source) -> Path:
-    "The file behind a text source: 'tinyshakespeare' / 'text8' looked up in the shared folder and the cache, or a path."
+    """The file behind a text source: 'tinyshakespeare' / 'text8' looked up in the shared folder and the cache, or a
+    path."""
     s = str(source)
     if s in TEXT_FILES:
         places = [d/f for d in (shared_data_dir(), data_dir()) if d is not None for f in TEXT_FILES[s]]
         p = next((q for q in places if q.is_file()), None)
-        if p is None: raise DataError(f"{s} not found: put {' or '.join(TEXT_FILES[s])} in {data_dir()} (looked at {', '.join(map(str, places))})")
+        if p is None:
+            raise DataError(f"{s} not found: put {' or '.join(TEXT_FILES[s])} in {data_dir()} (looked at "
+                            f"{', '.join(map(str, places))})")
         return p
     p = Path(s).expanduser()
-    if os.path.lexists(p) and not p.is_file(): regular_file(p, 'text file', DataError)   # a folder, a fifo, /dev/zero: named as such
-    if not p.is_file(): raise DataError(f"no such text file: {p} (sources: 'tinyshakespeare', 'text8', hf:<id>, a .txt/.gz/.zip path)")
+    # a folder, a fifo, /dev/zero: named as such
+    if os.path.lexists(p) and not p.is_file(): regular_file(p, 'text file', DataError)
+    if not p.is_file():
+        raise DataError(f"no such text file: {p} (sources: 'tinyshakespeare', 'text8', hf:<id>, a .txt/.gz/.zip path)")
     return p
 
+# %% ../nbs/09_data.ipynb #5c5e61d7
 def _hub_text(hid):
-    "The text of a hub dataset: the first string column of its splits, concatenated in the order train, validation, test."
+    """The text of a hub dataset: the first string column of its splits, concatenated in the order train, validation,
+    test."""
     import datasets
     try: dd = datasets.load_dataset(hid)
-    except Exception as e: raise DataError(f"cannot load text dataset hf:{hid} ({type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''})") from None
-    order = sorted(dd, key=lambda n: ['train', 'validation', 'val', 'test'].index(n) if n in ('train', 'validation', 'val', 'test') else 9)
+    except Exception as e: raise DataError(f"cannot load text dataset hf:{hid} ({type(e).__name__}: "
+                                           f"{str(e).strip().splitlines()[0] if str(e).strip() else ''})") from None
+    order = sorted(dd, key=lambda n: (['train', 'validation', 'val', 'test'].index(n)
+                                      if n in ('train', 'validation', 'val', 'test') else 9))
     cols = [c for c, f in dd[order[0]].features.items() if getattr(f, 'dtype', None) == 'string']
     if not cols: raise DataError(f"hf:{hid} has no text column")
     text = ''.join(''.join(dd[n][cols[0]]) for n in order)
     if not text: raise DataError(f"hf:{hid} holds no text")
     return text
 
+# %% ../nbs/09_data.ipynb #008afbd5
 def load_text(source='tinyshakespeare',  # 'tinyshakespeare', 'text8', hf:<id>, or a path to a .txt/.gz/.zip file
               split=None,                # None (all), 'train', 'val' or 'test' (90/5/5 % by position)
              ) -> str:
@@ -504,6 +580,7 @@ def text8_clean(text, spell_digits=True) -> str:
     if spell_digits: t = re.sub('[0-9]', lambda m: f' {_DIGIT_WORDS[int(m.group())]} ', t)
     return re.sub('[^a-z]+', ' ', t).strip()
 
+# %% ../nbs/09_data.ipynb #9f008d5a
 class CharVocab:
     "Character vocabulary: ids in code-point order; encode str → LongTensor, decode ids → str."
     def __init__(self, chars):
@@ -523,7 +600,7 @@ class CharVocab:
         "The string of a sequence of ids."
         return ''.join(self.itos[i] for i in (ids.tolist() if torch.is_tensor(ids) else ids))
 
-# %% ../nbs/09_data.ipynb #d45cd81c
+# %% ../nbs/09_data.ipynb #0d14cd89
 class CharCorpus:
     "A character corpus: its vocabulary, and the id tensors of its fixed train / val / test parts."
     def __init__(self, text:str, vocab, source='', path=None, fracs=(0.9, 0.05, 0.05)):
@@ -531,8 +608,11 @@ class CharCorpus:
         self.splits = {k: vocab.encode(v) for k, v in split_text(text, fracs).items()}
         self.chars = len(text)
     def __getitem__(self, split): return self.splits[split]
-    def __repr__(self): return f"CharCorpus({self.source}: {self.chars:,} characters, {len(self.vocab)} symbols, " + ', '.join(f'{k} {len(v):,}' for k, v in self.splits.items()) + ')'
+    def __repr__(self):
+        return (f"CharCorpus({self.source}: {self.chars:,} characters, {len(self.vocab)} symbols, "
+                + ', '.join(f'{k} {len(v):,}' for k, v in self.splits.items()) + ')')
 
+# %% ../nbs/09_data.ipynb #b7806792
 def load_char_corpus(source='tinyshakespeare',  # a `load_text` source: 'tinyshakespeare', 'text8', hf:<id> or a file
                      clean:bool=None,           # apply `text8_clean` first (default: only for TinyShakespeare)
                      alphabet:str=TEXT8_CHARS,  # the symbols a corpus must consist of (None: whatever it holds)
@@ -547,15 +627,20 @@ def load_char_corpus(source='tinyshakespeare',  # a `load_text` source: 'tinysha
         bad = set(text) - set(alphabet)
         if bad:
             i = next(i for i, c in enumerate(text) if c in bad)
-            raise DataError(f"{where} is not a text8-style corpus: character {text[i]!r} at offset {i} is outside its {len(alphabet)}-symbol alphabet (clean=True applies text8_clean)")
+            raise DataError(f"{where} is not a text8-style corpus: character {text[i]!r} at offset {i} is outside its "
+                            f"{len(alphabet)}-symbol alphabet (clean=True applies text8_clean)")
     return CharCorpus(text, CharVocab(alphabet if alphabet is not None else text), s, where)
 
+# %% ../nbs/09_data.ipynb #d26c2e23
 class TextSequences(Dataset):
     "Fixed-length sequences of one split's ids, never crossing its ends: item i is ids[i·stride : i·stride + seq_len]."
     def __init__(self, ids, seq_len:int=256, stride:int=None, source=''):
         stride = stride or seq_len
-        if not (isinstance(seq_len, int) and seq_len >= 1 and isinstance(stride, int) and stride >= 1): raise DataError(f"seq_len and stride must be integers >= 1, got {seq_len!r}, {stride!r}")
-        if len(ids) < seq_len: raise DataError(f"{source or 'the text'} has {len(ids):,} characters in this split, fewer than one sequence of {seq_len}")
+        if not (isinstance(seq_len, int) and seq_len >= 1 and isinstance(stride, int) and stride >= 1):
+            raise DataError(f"seq_len and stride must be integers >= 1, got {seq_len!r}, {stride!r}")
+        if len(ids) < seq_len:
+            raise DataError(f"{source or 'the text'} has {len(ids):,} characters in this split, fewer than one "
+                            f"sequence of {seq_len}")
         self.ids, self.seq_len, self.stride, self.source = ids, seq_len, stride, str(source)
         self.n = (len(ids) - seq_len) // stride + 1
     def __len__(self): return self.n
