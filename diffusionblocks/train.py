@@ -9,7 +9,7 @@ __all__ = ['SCHEDULES', 'RESIDENCIES', 'LR_SCHEDULES', 'PRECISIONS', 'SHARED_MOD
            'default_batch_fn', 'as_dataset', 'BlockwiseModel', 'check_protocol', 'cpu_threads', 'default_device',
            'Trainer', 'ema_decay', 'check_config']
 
-# %% ../nbs/08_train.ipynb #71c701a6
+# %% ../nbs/08_train.ipynb #d996ea1b
 import math, time, json, bisect, hashlib, warnings, dataclasses, itertools
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -22,33 +22,44 @@ from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.data import DataLoader, Dataset, Sampler, TensorDataset
 from tqdm import tqdm
 from fastcore.basics import patch
-from .errors import CheckpointError, ConfigError, NonFiniteLossError   # re-exported: train.NonFiniteLossError
-from .checkpoint import (RunDir, block_file, SHARED_FILE, block_tensors, shared_tensors, set_latest, checkpoint_dirs,
-                                        pack_state, unpack_state, read_file, fingerprint, check_fingerprint, encode_bytes, decode_bytes)
+# re-exported: train.NonFiniteLossError
+from .errors import CheckpointError, ConfigError, NonFiniteLossError
+from .checkpoint import (RunDir, block_file, SHARED_FILE, block_tensors, shared_tensors, set_latest,
+                                        checkpoint_dirs, pack_state, unpack_state, read_file, fingerprint,
+                                        check_fingerprint, encode_bytes, decode_bytes)
 
-# %% ../nbs/08_train.ipynb #b0b58b88
-SCHEDULES, RESIDENCIES, LR_SCHEDULES, PRECISIONS = ('uniform', 'round-robin', 'sequential'), ('all', 'active', 'mapped'), ('cosine', 'constant'), ('bf16', 'fp32')
-SHARED_MODES = ('train', 'frozen')   # what a run does with the model's shared parameters (a learned target embedding, a shared adapter)
+# %% ../nbs/08_train.ipynb #6caa8e75
+SCHEDULES, RESIDENCIES = ('uniform', 'round-robin', 'sequential'), ('all', 'active', 'mapped')
+LR_SCHEDULES, PRECISIONS = ('cosine', 'constant'), ('bf16', 'fp32')
+# what a run does with the model's shared parameters (a learned target embedding, a shared adapter)
+SHARED_MODES = ('train', 'frozen')
 
 def _isint(v): return isinstance(v, int) and not isinstance(v, bool)
 
+# %% ../nbs/08_train.ipynb #7ca01753
 @dataclass(frozen=True)
 class TrainConfig:
     "A training run's settings: validated on construction (one-line ConfigError naming the field), JSON round-trip."
-    iterations:int=1000        # optimizer steps of the whole model, all blocks together: block k gets exactly block_budget(iterations, B)[k] of them
+    # optimizer steps of the whole model, all blocks together:
+    # block k gets exactly block_budget(iterations, B)[k] of them
+    iterations:int=1000
     batch_size:int=128
     lr:float=1e-4              # peak learning rate (blocks and shared parameters)
     weight_decay:float=0.01    # AdamW decoupled weight decay
     betas:tuple=(0.9, 0.999)   # AdamW betas
-    warmup:int=0               # warmup iterations of the whole model; a block warms up over round(warmup / B) of its own steps
+    # warmup iterations of the whole model; a block warms up over round(warmup / B) of its own steps
+    warmup:int=0
     lr_schedule:str='cosine'   # after warmup: 'cosine' (down to min_lr_ratio·lr at the block's last step) or 'constant'
     min_lr_ratio:float=0.      # final LR of the cosine schedule, as a fraction of lr
     grad_clip:float=1.0        # max gradient norm of the trained block + shared parameters (0: no clipping)
     block_schedule:str='uniform' # the order blocks train in: 'uniform' (the paper), 'round-robin' or 'sequential'
-    train_blocks:tuple=None    # the blocks this run trains (None: all); e.g. (1,) for one block per process: it trains only their budgets
-    shared:str='train'         # the shared parameters: 'train' (with every block's steps) or 'frozen' (blocks then exactly independent)
+    # the blocks this run trains (None: all); e.g. (1,) for one block per process: it trains only their budgets
+    train_blocks:tuple=None
+    # the shared parameters: 'train' (with every block's steps) or 'frozen' (blocks then exactly independent)
+    shared:str='train'
     ema:float=0.               # EMA decay per block (0: no EMA)
-    residency:str='all'        # 'all' blocks on the device, or only the 'active' one (the rest in host memory; 'mapped': in memory-mapped files)
+    # 'all' blocks on the device, or only the 'active' one (the rest in host memory; 'mapped': in memory-mapped files)
+    residency:str='all'
     precision:str='bf16'       # 'bf16' autocast on CUDA or 'fp32'; CPU always computes in fp32
     tf32:bool=True             # allow TF32 matmuls on CUDA
     compile:bool=False         # torch.compile every block
@@ -57,7 +68,8 @@ class TrainConfig:
     num_workers:int=0          # DataLoader worker processes
     log_every:int=10           # iterations between metrics lines (and checks for a non-finite loss)
     save_every:int=0           # iterations between checkpoints (0: none by count)
-    save_minutes:float=10.     # also checkpoint when this many minutes passed since the last one (0: off); and at the end of fit
+    # also checkpoint when this many minutes passed since the last one (0: off); and at the end of fit
+    save_minutes:float=10.
     keep:int=2                 # complete checkpoints kept on disk
     progress:bool=True         # tqdm progress bar
     tensorboard:bool=True      # also log to TensorBoard when it is installed
@@ -66,7 +78,8 @@ class TrainConfig:
 
     def __post_init__(self):
         if isinstance(self.betas, list): object.__setattr__(self, 'betas', tuple(self.betas))
-        if isinstance(self.train_blocks, (list, range)): object.__setattr__(self, 'train_blocks', tuple(self.train_blocks))
+        if isinstance(self.train_blocks, (list, range)):
+            object.__setattr__(self, 'train_blocks', tuple(self.train_blocks))
         def bad(name, want): raise ConfigError(f"TrainConfig.{name} must be {want}, got {getattr(self, name)!r}")
         num = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
         for n in ('iterations', 'batch_size', 'log_every', 'keep'):
@@ -78,38 +91,49 @@ class TrainConfig:
             if not (num(getattr(self, n)) and getattr(self, n) >= 0): bad(n, 'a number >= 0')
         if not (num(self.min_lr_ratio) and 0 <= self.min_lr_ratio <= 1): bad('min_lr_ratio', 'in [0, 1]')
         if not (num(self.ema) and 0 <= self.ema < 1): bad('ema', 'a decay in [0, 1) (0: off)')
-        if not (isinstance(self.betas, tuple) and len(self.betas) == 2 and all(num(b) and 0 <= b < 1 for b in self.betas)): bad('betas', 'two numbers in [0, 1)')
-        for n, opts in (('block_schedule', SCHEDULES), ('residency', RESIDENCIES), ('lr_schedule', LR_SCHEDULES), ('precision', PRECISIONS), ('shared', SHARED_MODES)):
+        if not (isinstance(self.betas, tuple) and len(self.betas) == 2
+                and all(num(b) and 0 <= b < 1 for b in self.betas)):
+            bad('betas', 'two numbers in [0, 1)')
+        for n, opts in (('block_schedule', SCHEDULES), ('residency', RESIDENCIES), ('lr_schedule', LR_SCHEDULES),
+                        ('precision', PRECISIONS), ('shared', SHARED_MODES)):
             if getattr(self, n) not in opts: bad(n, 'one of ' + ', '.join(opts))
         for n in ('tf32', 'compile', 'checkpointing', 'progress', 'tensorboard', 'fused'):
             if not isinstance(getattr(self, n), bool): bad(n, 'True or False')
         tb = self.train_blocks
-        if tb is not None and not (isinstance(tb, tuple) and tb and all(_isint(k) and k >= 0 for k in tb) and len(set(tb)) == len(tb)):
+        if tb is not None and not (isinstance(tb, tuple) and tb and all(_isint(k) and k >= 0 for k in tb)
+                                   and len(set(tb)) == len(tb)):
             bad('train_blocks', 'None or distinct block indices >= 0')
 
-    def to_dict(self) -> dict: return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
     @staticmethod
     def legacy(d:dict) -> dict:
         "A saved config with its older spellings (`schedule`, `blocks`) renamed."
         d = dict(d)
         for old, new in (('schedule', 'block_schedule'), ('blocks', 'train_blocks')):
-            if old in d: d[new] = d.pop(old)                 # an older spelling given with the new one wins: it was given last
+            # an older spelling given with the new one wins: it was given last
+            if old in d: d[new] = d.pop(old)
         return d
-    @classmethod
-    def from_dict(cls, d:dict):
-        d = cls.legacy(d)
-        unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
-        if unknown: raise ConfigError(f"TrainConfig has no field {sorted(unknown)[0]!r}")
-        return cls(**d)
-    def to_json(self) -> str: return json.dumps(self.to_dict())
-    @classmethod
-    def from_json(cls, s:str): return cls.from_dict(json.loads(s))
 
-# %% ../nbs/08_train.ipynb #38f15dd2
+# %% ../nbs/08_train.ipynb #d08904cd
+@patch
+def to_dict(self:TrainConfig) -> dict:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+@patch(cls_method=True)
+def from_dict(cls:TrainConfig, d:dict):
+    d = cls.legacy(d)
+    unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
+    if unknown: raise ConfigError(f"TrainConfig has no field {sorted(unknown)[0]!r}")
+    return cls(**d)
+@patch
+def to_json(self:TrainConfig) -> str: return json.dumps(self.to_dict())
+@patch(cls_method=True)
+def from_json(cls:TrainConfig, s:str): return cls.from_dict(json.loads(s))
+
+# %% ../nbs/08_train.ipynb #0a903309
 def scale_budget(config:TrainConfig,  # the end-to-end baseline's settings
                  blocks:int,          # number of blocks B
                 ) -> TrainConfig:
-    "The released code's budget rule: B× the baseline's iterations and warmup, so each block gets the baseline's updates."
+    """The released code's budget rule: B× the baseline's iterations and warmup, so each block gets the baseline's
+    updates."""
     return dataclasses.replace(config, iterations=config.iterations * blocks, warmup=config.warmup * blocks)
 
 def lr_factor(step:int,             # the block's own step count so far (0-based)
@@ -124,47 +148,62 @@ def lr_factor(step:int,             # the block's own step count so far (0-based
     t = min(1., (step - warmup) / max(1, total - warmup))
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * t))
 
+# %% ../nbs/08_train.ipynb #42a2c390
 def block_budget(iterations:int, n:int) -> list:
     "Iterations of each of n blocks when `iterations` are shared out evenly (the first ones get the remainder)."
     return [iterations // n + (j < iterations % n) for j in range(n)]
 
-# %% ../nbs/08_train.ipynb #9faad48d
+# %% ../nbs/08_train.ipynb #2b9b7bcb
 def _seed(*parts) -> int:
     "A 63-bit seed from `parts`: independent, reproducible streams for the schedule, the data and every block."
     return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], 'little') >> 1
 
+# %% ../nbs/08_train.ipynb #5b6d5ff9
 class BlockSchedule:
-    "Which block trains at each iteration from `start` on: every block exactly its `counts`, in a seeded random, cyclic or sequential order."
+    """Which block trains at each iteration from `start` on: every block exactly its `counts`, in a seeded random,
+    cyclic or sequential order."""
     def __init__(self,
                  kind:str,         # one of SCHEDULES
                  blocks,           # the trained block indices
-                 counts,           # steps still to do of each of `blocks` (e.g. its block_budget share minus its steps so far)
+                 # steps still to do of each of `blocks` (e.g. its block_budget share minus its steps so far)
+                 counts,
                  seed:int=0,       # the run's seed
                  start:int=0,      # the iteration this segment starts at
                 ):
-        self.kind, self.blocks, self.counts, self.seed, self.start = kind, tuple(blocks), tuple(int(c) for c in counts), seed, start
-        if len(self.counts) != len(self.blocks) or min(self.counts, default=0) < 0: raise ConfigError(f"BlockSchedule needs one count >= 0 per block, got {self.counts} for blocks {self.blocks}")
+        self.kind, self.blocks, self.seed, self.start = kind, tuple(blocks), seed, start
+        self.counts = tuple(int(c) for c in counts)
+        if len(self.counts) != len(self.blocks) or min(self.counts, default=0) < 0:
+            raise ConfigError(f"BlockSchedule needs one count >= 0 per block, got {self.counts} for blocks "
+                              f"{self.blocks}")
         ids, cnt = torch.tensor(self.blocks, dtype=torch.int16), torch.tensor(self.counts)
         order = torch.repeat_interleave(ids, cnt)                                  # sequential
         if kind == 'round-robin':                                                  # step j of block i at key j·n + i
-            key = torch.cat([torch.arange(c) * len(ids) + i for i, c in enumerate(self.counts)]) if self.counts else torch.zeros(0)
+            key = (torch.cat([torch.arange(c) * len(ids) + i for i, c in enumerate(self.counts)]) if self.counts
+                   else torch.zeros(0))
             order = order[key.argsort()]
         elif kind == 'uniform':
             g = torch.Generator().manual_seed(_seed(seed, 'schedule', start, self.blocks, self.counts))
             order = order[torch.randperm(len(order), generator=g)]
         elif kind != 'sequential': raise ConfigError(f"schedule must be one of {', '.join(SCHEDULES)}, got {kind!r}")
         self.order = order
-    @property
-    def stop(self) -> int: "The iteration after the segment's last."; return self.start + len(self.order)
-    def __call__(self, i:int) -> int:
-        "The block of iteration i (any order of calls)."
-        if not self.start <= i < self.stop: raise IndexError(f"iteration {i} is outside this schedule's [{self.start}, {self.stop})")
-        return int(self.order[i - self.start])
-    def state_dict(self) -> dict: return {'start': self.start, 'counts': list(self.counts), 'blocks': list(self.blocks)}
-    @classmethod
-    def from_state(cls, kind:str, d:dict, seed:int=0): return cls(kind, d['blocks'], d['counts'], seed, d['start'])
 
-# %% ../nbs/08_train.ipynb #7451b0e1
+# %% ../nbs/08_train.ipynb #dfbecd75
+@patch(as_prop=True)
+def stop(self:BlockSchedule) -> int: "The iteration after the segment's last."; return self.start + len(self.order)
+@patch
+def __call__(self:BlockSchedule, i:int) -> int:
+    "The block of iteration i (any order of calls)."
+    if not self.start <= i < self.stop:
+        raise IndexError(f"iteration {i} is outside this schedule's [{self.start}, {self.stop})")
+    return int(self.order[i - self.start])
+@patch
+def state_dict(self:BlockSchedule) -> dict:
+    return {'start': self.start, 'counts': list(self.counts), 'blocks': list(self.blocks)}
+@patch(cls_method=True)
+def from_state(cls:BlockSchedule, kind:str, d:dict, seed:int=0):
+    return cls(kind, d['blocks'], d['counts'], seed, d['start'])
+
+# %% ../nbs/08_train.ipynb #70463422
 class InfiniteSampler(Sampler):
     "Endless seeded permutations of range(n), starting `start` samples in: its state is the number of samples consumed."
     def __init__(self, n:int, seed:int=0, start:int=0, shuffle:bool=True):
@@ -172,17 +211,20 @@ class InfiniteSampler(Sampler):
     def __iter__(self):
         e, r = divmod(self.start, self.n)
         while True:
-            perm = torch.randperm(self.n, generator=torch.Generator().manual_seed(_seed(self.seed, e))) if self.shuffle else torch.arange(self.n)
+            perm = (torch.randperm(self.n, generator=torch.Generator().manual_seed(_seed(self.seed, e)))
+                    if self.shuffle else torch.arange(self.n))
             yield from perm[r:].tolist()
             e, r = e + 1, 0
 
+# %% ../nbs/08_train.ipynb #355a5bb5
 class BlockStream:
     "Block k's endless, seeded example order (`InfiniteSampler` with seed (seed, 'data', k)), taken a batch at a time."
     def __init__(self, n:int, seed:int, k:int, start:int=0):
         self.n, self.seed, self.k = n, _seed(seed, 'data', k), k
         self.epoch, self.pos = divmod(start, n)
         self.perm = self._perm()
-    def _perm(self): return torch.randperm(self.n, generator=torch.Generator().manual_seed(_seed(self.seed, self.epoch)))
+    def _perm(self):
+        return torch.randperm(self.n, generator=torch.Generator().manual_seed(_seed(self.seed, self.epoch)))
     def take(self, size:int) -> list:
         "The next `size` indices."
         out = []
@@ -191,10 +233,12 @@ class BlockStream:
             if self.pos == self.n: self.epoch, self.pos = self.epoch + 1, 0; self.perm = self._perm()
         return out
 
+# %% ../nbs/08_train.ipynb #94d2f4c6
 class SeededBatch(list):
     "A batch of dataset indices with the seed its random transforms run under, and each index's row in the full batch."
     def __init__(self, indices, seed:int, rows=None):
-        super().__init__(indices); self.seed, self.rows = seed, list(range(len(indices))) if rows is None else list(rows)
+        super().__init__(indices)
+        self.seed, self.rows = seed, list(range(len(indices))) if rows is None else list(rows)
     def __reduce__(self): return (SeededBatch, (list(self), self.seed, self.rows))      # pickled into loader workers
 
 class SeededItems(Dataset):
@@ -210,6 +254,7 @@ class SeededItems(Dataset):
             for i, row in zip(batch, batch.rows): g.manual_seed((seed + row) % 2**63); out.append(self.dataset[i])
         return out
 
+# %% ../nbs/08_train.ipynb #ce619627
 class BlockBatchSampler(Sampler):
     "Batches for iterations start … stop − 1: each the next batch of the stream of the block the schedule trains then."
     def __init__(self,
@@ -222,7 +267,8 @@ class BlockBatchSampler(Sampler):
                  stop:int,           # iteration after the last
                  shard:tuple=(0, 1), # (j, n): keep rows j, j + n, … of every batch (a data-parallel group member)
                 ):
-        self.n, self.batch_size, self.schedule, self.steps, self.seed, self.start, self.stop, self.shard = n, batch_size, schedule, list(steps), seed, start, stop, shard
+        self.n, self.batch_size, self.schedule, self.steps = n, batch_size, schedule, list(steps)
+        self.seed, self.start, self.stop, self.shard = seed, start, stop, shard
     def __len__(self): return self.stop - self.start
     def __iter__(self):
         streams, steps = {}, list(self.steps)
@@ -234,12 +280,15 @@ class BlockBatchSampler(Sampler):
             yield SeededBatch(idx[j::m], _seed(self.seed, 'augment', k, steps[k]), range(j, len(idx), m))
             steps[k] += 1
 
+# %% ../nbs/08_train.ipynb #40c93a6a
 def default_batch_fn(batch) -> tuple:
     "Loader batch -> (y, cond): a tensor y, (y,), (y, labels) -> labels=labels, or a dict {'y': y, **cond}."
     if torch.is_tensor(batch): return batch, {}
     if isinstance(batch, dict) and 'y' in batch: return batch['y'], {k: v for k, v in batch.items() if k != 'y'}
-    if isinstance(batch, (tuple, list)) and len(batch) in (1, 2): return batch[0], ({'labels': batch[1]} if len(batch) == 2 else {})
-    raise TypeError(f"default_batch_fn cannot map a {type(batch).__name__} batch; pass batch_fn=lambda b: (y, cond_dict)")
+    if isinstance(batch, (tuple, list)) and len(batch) in (1, 2):
+        return batch[0], ({'labels': batch[1]} if len(batch) == 2 else {})
+    raise TypeError(f"default_batch_fn cannot map a {type(batch).__name__} batch; pass batch_fn=lambda b: (y, "
+                    "cond_dict)")
 
 def as_dataset(data):
     "A map-style dataset from a Dataset, a tensor, or a tuple of tensors (None stays None)."
@@ -249,10 +298,10 @@ def as_dataset(data):
     if hasattr(data, '__getitem__') and hasattr(data, '__len__'): return data
     raise TypeError(f"data must be a map-style dataset or tensors, got {type(data).__name__}")
 
-# %% ../nbs/08_train.ipynb #a9cc46ba
+# %% ../nbs/08_train.ipynb #1b02b26a
 from .residency import OffloadStore, Offload, MappedStore
 
-# %% ../nbs/08_train.ipynb #f5605e3f
+# %% ../nbs/08_train.ipynb #69d61aec
 @runtime_checkable
 class BlockwiseModel(Protocol):
     "What `Trainer` needs from a model trained one block at a time (DiffusionBlocks, Forward-Forward, NoProp, ...)."
@@ -269,28 +318,32 @@ class BlockwiseModel(Protocol):
 def _members(proto) -> list:
     return [n for n in [*getattr(proto, '__annotations__', {}), *vars(proto)] if not n.startswith('_')]
 
+# %% ../nbs/08_train.ipynb #8448e8fd
 def check_protocol(obj, proto, what:str):
     "One-line ConfigError naming the first member of `proto` that `obj` lacks."
     if isinstance(obj, proto): return obj
     missing = next((n for n in _members(proto) if not hasattr(obj, n)), None)
     raise ConfigError(f"{what} ({type(obj).__name__}) does not satisfy {proto.__name__}: it has no {missing!r}")
 
-# %% ../nbs/08_train.ipynb #d6cca53d
+# %% ../nbs/08_train.ipynb #49619303
 SMALL_MODEL = 20_000_000                       # parameters: below this, one CPU thread (see the bench notebook)
 DEFAULT_THREADS = torch.get_num_threads()      # torch's default in this process (honours OMP_NUM_THREADS)
 
 def cpu_threads(n_params:int,     # the model's parameter count
                 requested:int=0,  # TrainConfig.threads: > 0 wins
                ) -> int:          # threads for torch.set_num_threads
-    "CPU thread policy: `requested` if given, else 1 thread for small models (robust under contention), else torch's default."
+    """CPU thread policy: `requested` if given, else 1 thread for small models (robust under contention), else
+    torch's default."""
     if requested: return requested
     return 1 if n_params < SMALL_MODEL else DEFAULT_THREADS
 
-# %% ../nbs/08_train.ipynb #da910e4d
-RESUME_FREE = ('progress', 'log_every', 'save_every', 'save_minutes', 'keep', 'num_workers', 'compile', 'tensorboard', 'residency', 'threads',
-               'train_blocks', 'block_schedule', 'fused')   # a block's weights depend on neither: another subset, order or process layout continues exactly
+# %% ../nbs/08_train.ipynb #5af14b4d
+# a block's weights depend on neither: another subset, order or process layout continues exactly
+RESUME_FREE = ('progress', 'log_every', 'save_every', 'save_minutes', 'keep', 'num_workers', 'compile', 'tensorboard',
+               'residency', 'threads', 'train_blocks', 'block_schedule', 'fused')
 EXTENDABLE = ('iterations', 'warmup')    # what a resume with extend=True may change as well: the budget
-FORMAT = 3                               # checkpoint format: 3 = per-block data streams and budgets (2: one stream, global budget)
+# checkpoint format: 3 = per-block data streams and budgets (2: one stream, global budget)
+FORMAT = 3
 
 def default_device(device=None) -> torch.device:
     "The given device, else CUDA when available, else the CPU."
@@ -298,6 +351,7 @@ def default_device(device=None) -> torch.device:
 
 def _to(x, device): return x.to(device, non_blocking=True) if torch.is_tensor(x) else x
 
+# %% ../nbs/08_train.ipynb #2987b3ef
 class Trainer:
     "One training loop for the end-to-end baseline (B = 1) and DiffusionBlocks: per-block state, residency, runs."
     def __init__(self,
@@ -307,23 +361,32 @@ class Trainer:
                  run_dir=None,        # run directory (None: nothing is written)
                  batch_fn=None,       # loader batch -> (y, cond dict) for model.loss (default_batch_fn)
                  device=None,         # compute device (default: cuda when available)
-                 train_blocks=None,   # train only these blocks (sets config.train_blocks), e.g. [1] in a per-block process
-                 resume:bool=False,   # continue from run_dir's newest valid checkpoint (none: start at 0, with a warning)
-                 offload=None,        # OffloadStore for residency='active'/'mapped' (default: Offload, host memory, pinned with CUDA / MappedStore under RUN/mapped)
+                 # train only these blocks (sets config.train_blocks), e.g. [1] in a per-block process
+                 train_blocks=None,
+                 # continue from run_dir's newest valid checkpoint (none: start at 0, with a warning)
+                 resume:bool=False,
+                 # OffloadStore for residency='active'/'mapped' (default: Offload, host memory,
+                 # pinned with CUDA / MappedStore under RUN/mapped)
+                 offload=None,
                  meta:dict=None,      # more of the run's description for config.json (e.g. {'job': ...}); written once
-                 extend:bool=False,   # with resume: the budget (EXTENDABLE: iterations, warmup) may differ from the run's
-                 sync=None,           # a distributed synchroniser (parallel.BlockSync): gradient all-reduce of data-parallel groups and shared parameters
+                 # with resume: the budget (EXTENDABLE: iterations, warmup) may differ from the run's
+                 extend:bool=False,
+                 # a distributed synchroniser (parallel.BlockSync): gradient all-reduce of data-parallel groups
+                 # and shared parameters
+                 sync=None,
                 ):
         check_protocol(model, BlockwiseModel, 'model')
         if offload is not None: check_protocol(offload, OffloadStore, 'offload')
-        if not isinstance(config, TrainConfig): raise ConfigError(f"config must be a TrainConfig, got {type(config).__name__}")
+        if not isinstance(config, TrainConfig):
+            raise ConfigError(f"config must be a TrainConfig, got {type(config).__name__}")
         if extend and not resume: raise ConfigError("extend=True continues a run: it needs resume=True")
         if train_blocks is not None: config = dataclasses.replace(config, train_blocks=tuple(train_blocks))
         cfg, B = config, model.num_blocks
         self.extend = extend
         self.model, self.config, self.batch_fn, self.data = model, cfg, batch_fn or default_batch_fn, as_dataset(data)
         self.trained = tuple(range(B)) if cfg.train_blocks is None else cfg.train_blocks
-        if max(self.trained) >= B: raise ConfigError(f"TrainConfig.train_blocks {list(self.trained)} names a block the {B}-block model lacks")
+        if max(self.trained) >= B:
+            raise ConfigError(f"TrainConfig.train_blocks {list(self.trained)} names a block the {B}-block model lacks")
         self.device = default_device(device)
         self.cuda = self.device.type == 'cuda'
         self.threads = None if self.cuda else cpu_threads(sum(p.numel() for p in model.parameters()), cfg.threads)
@@ -332,33 +395,44 @@ class Trainer:
         if self.cuda and cfg.tf32: torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
         model.set_checkpointing(cfg.checkpointing)
         self.params = [model.block_parameters(k) for k in range(B)]     # block k's own parameters
-        self.tensors = [block_tensors(model, k) for k in range(B)]      # ... plus its own buffers: what moves and is saved
+        # ... plus its own buffers: what moves and is saved
+        self.tensors = [block_tensors(model, k) for k in range(B)]
         self.shared, self.shared_t = model.shared_parameters(), shared_tensors(model)
-        if cfg.shared == 'frozen':                                       # a fixed target space: blocks exactly independent
+        # a fixed target space: blocks exactly independent
+        if cfg.shared == 'frozen':
             for p in self.shared.values(): p.requires_grad_(False)
             self.shared = {}
         self.names = {id(p): n for ps in self.params for n, p in ps.items()}
         self.sync = sync
-        # per-block state: AdamW, LR schedule on the block's own steps, EMA, σ/ε generator, step count — all keyed by k alone
-        self.budget = block_budget(cfg.iterations, B)                   # every block's own steps, whatever this run trains
-        adamw = lambda ps: torch.optim.AdamW([p for p in ps.values() if p.requires_grad], lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay,
+        # per-block state: AdamW, LR schedule on the block's own steps, EMA, σ/ε generator, step count
+        # — all keyed by k alone
+        # every block's own steps, whatever this run trains
+        self.budget = block_budget(cfg.iterations, B)
+        adamw = lambda ps: torch.optim.AdamW([p for p in ps.values() if p.requires_grad], lr=cfg.lr, betas=cfg.betas,
+                                             weight_decay=cfg.weight_decay,
                                              **({'fused': True} if self.cuda and cfg.fused else {}))
-        sched = lambda opt, total, warm: LambdaLR(opt, partial(lr_factor, warmup=warm, total=total, kind=cfg.lr_schedule, min_ratio=cfg.min_lr_ratio))
+        sched = lambda opt, total, warm: LambdaLR(opt, partial(lr_factor, warmup=warm, total=total,
+                                                               kind=cfg.lr_schedule, min_ratio=cfg.min_lr_ratio))
         ema = lambda ps: {n: p.detach().clone() for n, p in ps.items()} if cfg.ema else None
         self.opt = {k: adamw(self.params[k]) for k in self.trained}
         self.sched = {k: sched(self.opt[k], self.budget[k], round(cfg.warmup / B)) for k in self.trained}
         self.ema = {k: ema(self.params[k]) for k in self.trained}
-        member = () if sync is None or sync.group_size == 1 else ('member', sync.group_rank, sync.group_size)   # data-parallel: own noise per member
-        self.gen = {k: torch.Generator(self.device).manual_seed(_seed(cfg.seed, 'block', k, *member)) for k in self.trained}
+        # data-parallel: own noise per member
+        member = () if sync is None or sync.group_size == 1 else ('member', sync.group_rank, sync.group_size)
+        self.gen = {k: torch.Generator(self.device).manual_seed(_seed(cfg.seed, 'block', k, *member))
+                    for k in self.trained}
         self.steps = [0] * B
         # shared parameters: their own AdamW, stepped with every block, scheduled on the run's iterations
         self.shared_opt = adamw(self.shared) if self.shared else None
         self.shared_sched = sched(self.shared_opt, cfg.iterations, cfg.warmup) if self.shared else None
         self.shared_ema = ema(self.shared) if self.shared else None
-        self.schedule = BlockSchedule(cfg.block_schedule, self.trained, [self.budget[k] for k in self.trained], cfg.seed)
-        self.iteration, self.train_seconds, self.swaps, self.active, self.last_loss, self.shared_steps = 0, 0., 0, None, {}, 0
+        self.schedule = BlockSchedule(cfg.block_schedule, self.trained, [self.budget[k] for k in self.trained],
+                                      cfg.seed)
+        self.iteration, self.train_seconds, self.swaps, self.active = 0, 0., 0, None
+        self.last_loss, self.shared_steps = {}, 0
         mapped = lambda: MappedStore(self.device, None if run_dir is None else Path(run_dir) / 'mapped')
-        self.offload = None if cfg.residency == 'all' else offload or (mapped() if cfg.residency == 'mapped' else Offload(self.device))
+        self.offload = None if cfg.residency == 'all' else offload or (mapped() if cfg.residency == 'mapped'
+                                                                       else Offload(self.device))
         self._place()
         if cfg.compile:
             for b in model.blocks: b.compile()
@@ -366,42 +440,51 @@ class Trainer:
         if self.run is not None:
             with self.run.lock(): self._open_run(resume, meta)
 
-    @property
-    def total(self) -> int:
-        "Iterations of this run: the budgets of the blocks it trains."
-        return sum(self.budget[k] for k in self.trained)
+# %% ../nbs/08_train.ipynb #370ac0f0
+@patch(as_prop=True)
+def total(self:Trainer) -> int:
+    "Iterations of this run: the budgets of the blocks it trains."
+    return sum(self.budget[k] for k in self.trained)
 
-    @classmethod
-    def from_run(cls, run_dir, model, data=None, batch_fn=None, device=None, **overrides):
-        "Reopen a run directory: its config.json (with `overrides` of e.g. progress) and its last complete checkpoint."
-        saved = RunDir(run_dir).read_config()
-        if saved is None or not isinstance(saved.get('train'), dict): raise CheckpointError(f"{run_dir} is not a training run (no config.json with a 'train' entry)")
-        return cls(model, TrainConfig.from_dict({**saved['train'], **overrides}), data, run_dir, batch_fn, device, resume=True)
+@patch(cls_method=True)
+def from_run(cls:Trainer, run_dir, model, data=None, batch_fn=None, device=None, **overrides):
+    "Reopen a run directory: its config.json (with `overrides` of e.g. progress) and its last complete checkpoint."
+    saved = RunDir(run_dir).read_config()
+    if saved is None or not isinstance(saved.get('train'), dict):
+        raise CheckpointError(f"{run_dir} is not a training run (no config.json with a 'train' entry)")
+    return cls(model, TrainConfig.from_dict({**saved['train'], **overrides}), data, run_dir, batch_fn, device,
+               resume=True)
 
-# %% ../nbs/08_train.ipynb #3c03ef77
+# %% ../nbs/08_train.ipynb #c8576e31
 @patch
 def _open_run(self:Trainer, resume:bool, meta:dict):
     "Resume (or restart at 0, visibly), refuse to overwrite another run, and write config.json once."
     run, fp = self.run, fingerprint(self.model)
     has_checkpoint = run.latest() is not None
-    if has_checkpoint and not resume: raise CheckpointError(f"{run.path} already holds a checkpoint: pass resume=True or use a new run directory")
+    if has_checkpoint and not resume:
+        raise CheckpointError(f"{run.path} already holds a checkpoint: pass resume=True or use a new run directory")
     saved = run.read_config()
-    if saved is not None and not resume: raise CheckpointError(f"{run.path} already holds a run (config.json): pass resume=True or use a new run directory")
+    if saved is not None and not resume:
+        raise CheckpointError(f"{run.path} already holds a run (config.json): pass resume=True or use a new run "
+                              "directory")
     if resume and has_checkpoint: self.resume()
     elif resume:
-        if saved is not None and isinstance(saved.get('train'), dict):   # a run killed before its first checkpoint: same run?
+        # a run killed before its first checkpoint: same run?
+        if saved is not None and isinstance(saved.get('train'), dict):
             check_fingerprint(saved.get('model'), fp, f'run {run.path}')
             check_config(saved['train'], self.config, self.extend)
         warnings.warn(f"no checkpoint in {run.path}: starting at iteration 0", stacklevel=3)
         run.truncate_metrics(0)
     if saved is None: run.write_config({**(meta or {}), 'train': self.config.to_dict(), 'model': fp})
-    elif self.extend and saved.get('train') != self.config.to_dict():     # an explicit change of budget: the one rewrite
+    # an explicit change of budget: the one rewrite
+    elif self.extend and saved.get('train') != self.config.to_dict():
         run.write_config({**saved, 'train': self.config.to_dict()})
 
-# %% ../nbs/08_train.ipynb #6ed6f01a
+# %% ../nbs/08_train.ipynb #99d8acb7
 @patch
 def _place(self:Trainer):
-    "Initial placement: everything on the device ('all'), or the shared tensors there and every block offloaded ('active')."
+    """Initial placement: everything on the device ('all'), or the shared tensors there and every block offloaded
+    ('active')."""
     if self.offload is None: self.model.to(self.device)
     else:
         for t in self.shared_t.values(): t.data = t.data.to(self.device)
@@ -410,6 +493,7 @@ def _place(self:Trainer):
         for n, e in (emas or {}).items():
             if self.offload is None or emas is self.shared_ema: emas[n] = e.to(self.device)
 
+# %% ../nbs/08_train.ipynb #9c30b5a7
 @patch
 def _move(self:Trainer, k:int, up:bool):
     "Move block k's parameters, buffers, AdamW moments and EMA to the device (up) or into the offload store."
@@ -417,7 +501,8 @@ def _move(self:Trainer, k:int, up:bool):
     for n, t in self.tensors[k].items(): t.data = f(f'{k}/{n}', t.data)
     for p, st in (self.opt[k].state.items() if k in self.opt else ()):
         for key, v in st.items():
-            if torch.is_tensor(v) and v.ndim: st[key] = f(f'{k}/opt/{self.names[id(p)]}/{key}', v)  # AdamW's scalar step stays put
+            # AdamW's scalar step stays put
+            if torch.is_tensor(v) and v.ndim: st[key] = f(f'{k}/opt/{self.names[id(p)]}/{key}', v)
     for n, e in (self.ema.get(k) or {}).items(): self.ema[k][n] = f(f'{k}/ema/{n}', e)
 
 @patch
@@ -428,20 +513,22 @@ def _activate(self:Trainer, k):
     if k is not None: self._move(k, up=True); self.swaps += 1
     self.active = k
 
+# %% ../nbs/08_train.ipynb #66e9e233
 @patch
 def resident(self:Trainer) -> list:
     "The blocks whose tensors are on the compute device."
     if self.offload is None: return list(range(self.model.num_blocks))
-    return [k for k, ts in enumerate(self.tensors) if not any(self.offload.offloaded(f'{k}/{n}', t) for n, t in ts.items())]
+    return [k for k, ts in enumerate(self.tensors)
+            if not any(self.offload.offloaded(f'{k}/{n}', t) for n, t in ts.items())]
 
-# %% ../nbs/08_train.ipynb #8f73d598
+# %% ../nbs/08_train.ipynb #e23ac980
 def ema_decay(decay:float,  # configured EMA decay d
               step:int,     # updates this EMA has already absorbed
              ) -> float:
     "Warm-up EMA decay min(d, (1 + t)/(10 + t))."
     return min(decay, (1 + step) / (10 + step))
 
-# %% ../nbs/08_train.ipynb #427accec
+# %% ../nbs/08_train.ipynb #4746d4df
 @patch
 def step(self:Trainer,
           k:int,    # the block to train
@@ -457,43 +544,53 @@ def step(self:Trainer,
         loss, stats = self.model.loss(k, y, self.gen[k], **cond)         # σ, ε from block k's own generator
     loss.backward()
     own = [p for p in self.params[k].values() if p.requires_grad]
-    if self.sync is None: grad_norm = torch.nn.utils.clip_grad_norm_([*own, *self.shared.values()], cfg.grad_clip or math.inf)
-    else:                                                                # distributed: all-reduce, then clip each part alone
+    if self.sync is None:
+        grad_norm = torch.nn.utils.clip_grad_norm_([*own, *self.shared.values()], cfg.grad_clip or math.inf)
+    # distributed: all-reduce, then clip each part alone
+    else:
         self.sync.block_grads(k, own)                                    # mean over block k's data-parallel group
         grad_norm = torch.nn.utils.clip_grad_norm_(own, cfg.grad_clip or math.inf)
-        if self.shared: self.sync.shared_grads(list(self.shared.values()), active=True); torch.nn.utils.clip_grad_norm_(list(self.shared.values()), cfg.grad_clip or math.inf)
+        if self.shared:
+            self.sync.shared_grads(list(self.shared.values()), active=True)
+            torch.nn.utils.clip_grad_norm_(list(self.shared.values()), cfg.grad_clip or math.inf)
     for opt, sched in ((self.opt[k], self.sched[k]), (self.shared_opt, self.shared_sched)):
         if opt is None: continue
-        opt.step(); sched.step(); opt.zero_grad(set_to_none=True)       # grads freed: only the active block ever has any
+        # grads freed: only the active block ever has any
+        opt.step(); sched.step(); opt.zero_grad(set_to_none=True)
     if cfg.ema:
         with torch.no_grad():
-            for emas, ps, s in ((self.ema[k], self.params[k], self.steps[k]), (self.shared_ema, self.shared, self.iteration)):
+            for emas, ps, s in ((self.ema[k], self.params[k], self.steps[k]),
+                                (self.shared_ema, self.shared, self.iteration)):
                 d = ema_decay(cfg.ema, s)                                   # on the block's own step count
                 for n, p in (ps.items() if emas else ()): emas[n].lerp_(p.detach(), 1 - d)
     self.steps[k] += 1; self.shared_steps += 1
     return {'loss': stats['loss'], 'loss_unweighted': stats['loss_unweighted'], 'grad_norm': grad_norm.detach()}
 
-# %% ../nbs/08_train.ipynb #8be915ef
+# %% ../nbs/08_train.ipynb #4ab62d57
 @patch
 def _batches(self:Trainer, stop:int=None):
-    "Loader batches of iterations self.iteration … stop − 1, each from its block's own stream at that block's own position."
+    """Loader batches of iterations self.iteration … stop − 1, each from its block's own stream at that block's own
+    position."""
     if self.data is None: raise ConfigError("this Trainer has no data: pass data=..., or drive it with .step(k, batch)")
     cfg = self.config
     shard = (0, 1) if self.sync is None else (self.sync.group_rank, self.sync.group_size)
     sampler = BlockBatchSampler(len(self.data), cfg.batch_size, self.schedule, self.steps, cfg.seed, self.iteration,
                                 self.schedule.stop if stop is None else stop, shard)
-    return iter(DataLoader(SeededItems(self.data), batch_sampler=sampler, num_workers=cfg.num_workers, pin_memory=self.cuda,
+    return iter(DataLoader(SeededItems(self.data), batch_sampler=sampler, num_workers=cfg.num_workers,
+                           pin_memory=self.cuda,
                            generator=torch.Generator().manual_seed(_seed(cfg.seed, 'loader', self.iteration))))
 
 @patch
 def idle_step(self:Trainer):
-    "A distributed rank whose blocks are done: zero shared gradients into the all-reduce, then the common shared update."
+    """A distributed rank whose blocks are done: zero shared gradients into the all-reduce, then the common shared
+    update."""
     for p in self.shared.values(): p.grad = torch.zeros_like(p)
     self.sync.shared_grads(list(self.shared.values()), active=False)
     torch.nn.utils.clip_grad_norm_(list(self.shared.values()), self.config.grad_clip or math.inf)
     self.shared_opt.step(); self.shared_sched.step(); self.shared_opt.zero_grad(set_to_none=True)
     self.shared_steps += 1
 
+# %% ../nbs/08_train.ipynb #62614f02
 @patch
 def _tensorboard(self:Trainer):
     "A TensorBoard writer under run_dir/tb when tensorboard is installed (optional), else None."
@@ -502,27 +599,34 @@ def _tensorboard(self:Trainer):
     except ImportError: return None
     return SummaryWriter(str(self.run.path / 'tb'))
 
+# %% ../nbs/08_train.ipynb #b37d80a4
 @patch
 def _flush(self:Trainer, window:list, bar, tb=None):
     "Check a window of steps for a non-finite loss (one sync), then log per-block means."
-    vals = torch.stack([torch.stack([o['loss'].float(), o['loss_unweighted'].float(), o['grad_norm'].float()]) for *_, o in window]).cpu()  # (n, 3)
+    # (n, 3)
+    vals = torch.stack([torch.stack([o['loss'].float(), o['loss_unweighted'].float(), o['grad_norm'].float()])
+                        for *_, o in window]).cpu()
     for (it, k, s, _), l in zip(window, vals[:, 0].tolist()):
         if not math.isfinite(l):
             ck = self.run.latest() if self.run is not None else None
-            raise NonFiniteLossError(f"non-finite loss ({l}) at iteration {it}, block {k} (its step {s}); run stopped, last good checkpoint: {ck or 'none'}")
+            raise NonFiniteLossError(f"non-finite loss ({l}) at iteration {it}, block {k} (its step {s}); run stopped, "
+                                     f"last good checkpoint: {ck or 'none'}")
     ks = torch.tensor([k for _, k, _, _ in window])
     rows = []
     for k in ks.unique().tolist():
         loss, unw, gn = vals[ks == k].mean(0).tolist()
-        rows.append(dict(iteration=self.iteration, block=k, step=self.steps[k], loss=loss, loss_unweighted=unw, grad_norm=gn,
-                         lr=self.opt[k].param_groups[0]['lr'], n=int((ks == k).sum()), seconds=round(self.train_seconds, 3)))
+        rows.append(dict(iteration=self.iteration, block=k, step=self.steps[k], loss=loss, loss_unweighted=unw,
+                         grad_norm=gn, lr=self.opt[k].param_groups[0]['lr'], n=int((ks == k).sum()),
+                         seconds=round(self.train_seconds, 3)))
         self.last_loss[k] = loss
         if tb is not None:
-            for key in ('loss', 'loss_unweighted', 'grad_norm', 'lr'): tb.add_scalar(f'{key}/block{k}', rows[-1][key], self.iteration)
+            for key in ('loss', 'loss_unweighted', 'grad_norm', 'lr'):
+                tb.add_scalar(f'{key}/block{k}', rows[-1][key], self.iteration)
     if self.run is not None: self.run.log(rows)
     mem = f'{torch.cuda.max_memory_allocated(self.device) / 2**30:.2f}G' if self.cuda else '-'
     bar.update(len(window)); bar.set_postfix(block=window[-1][1], loss=f'{self.last_loss[window[-1][1]]:.4f}', mem=mem)
 
+# %% ../nbs/08_train.ipynb #7c07f812
 @patch
 def fit(self:Trainer,
         until:int=None,   # stop after this iteration (and save), e.g. to slice a job; default: config.iterations
@@ -531,6 +635,7 @@ def fit(self:Trainer,
     "Train to the end of the budget (or `until`), checkpointing along the way; return a summary."
     with (self.run.lock() if self.run is not None else nullcontext()): return self._fit(until, tuple(callbacks))
 
+# %% ../nbs/08_train.ipynb #a06d8d2e
 @patch
 def _fit(self:Trainer, until, callbacks):
     cfg = self.config
@@ -538,7 +643,8 @@ def _fit(self:Trainer, until, callbacks):
     if self.cuda: torch.cuda.reset_peak_memory_stats(self.device)
     start = saved = self.iteration
     batches = self._batches(stop) if self.iteration < stop else None
-    bar = tqdm(total=self.total, initial=self.iteration, disable=not cfg.progress, desc=f'B={self.model.num_blocks} {cfg.block_schedule}')
+    bar = tqdm(total=self.total, initial=self.iteration, disable=not cfg.progress, desc=f'B={self.model.num_blocks} '
+                                                                                        f'{cfg.block_schedule}')
     tb, window, t0 = self._tensorboard(), [], time.perf_counter()
     last_save = time.monotonic()
     try:
@@ -549,12 +655,14 @@ def _fit(self:Trainer, until, callbacks):
             window.append((self.iteration, k, self.steps[k], out))
             for cb in callbacks: cb(self, dict(iteration=self.iteration, block=k, step=self.steps[k], loss=out['loss']))
             save = self.run is not None and ((cfg.save_every and self.iteration % cfg.save_every == 0) or
-                                             (cfg.save_minutes and time.monotonic() - last_save >= 60 * cfg.save_minutes))
+                                             (cfg.save_minutes
+                                              and time.monotonic() - last_save >= 60 * cfg.save_minutes))
             if save or self.iteration % cfg.log_every == 0 or self.iteration == stop:
                 self._flush(window, bar, tb); window = []
                 now = time.perf_counter(); self.train_seconds += now - t0; t0 = now
             if save: self.save(); saved = self.iteration; t0 = time.perf_counter(); last_save = time.monotonic()
-        if self.sync is not None and self.shared and stop == self.total:     # lockstep: keep joining the shared all-reduce
+        # lockstep: keep joining the shared all-reduce
+        if self.sync is not None and self.shared and stop == self.total:
             while self.shared_steps < self.sync.steps_max: self.idle_step()
     finally:
         bar.close(); del batches
@@ -562,15 +670,17 @@ def _fit(self:Trainer, until, callbacks):
     if self.run is not None and self.iteration > start and saved != self.iteration: self.save()
     return self.summary()
 
+# %% ../nbs/08_train.ipynb #f938032a
 @patch
 def summary(self:Trainer) -> dict:
-    "Iterations, steps per block, training seconds, peak device memory (CUDA), last logged loss per block, block switches."
+    """Iterations, steps per block, training seconds, peak device memory (CUDA), last logged loss per block, block
+    switches."""
     ck = self.run.latest() if self.run is not None else None
     return dict(iterations=self.iteration, steps=list(self.steps), train_seconds=self.train_seconds,
                 peak_memory_bytes=torch.cuda.max_memory_allocated(self.device) if self.cuda else None,
                 final_loss=dict(self.last_loss), swaps=self.swaps, checkpoint=None if ck is None else str(ck))
 
-# %% ../nbs/08_train.ipynb #29ed6e79
+# %% ../nbs/08_train.ipynb #262478f0
 def check_config(saved:dict,          # the run's (or checkpoint's) TrainConfig as a dict
                  config:TrainConfig,   # the settings of this process
                  extend:bool=False,    # also allow the budget (EXTENDABLE) to change
@@ -579,29 +689,38 @@ def check_config(saved:dict,          # the run's (or checkpoint's) TrainConfig 
     free, saved = RESUME_FREE + (EXTENDABLE if extend else ()), TrainConfig.legacy(saved)
     for k, v in config.to_dict().items():
         if k not in free and saved.get(k) != v:
-            raise CheckpointError(f"run config differs from the checkpoint's: {k} = {saved.get(k)!r} in the checkpoint vs {v!r} now")
+            raise CheckpointError(f"run config differs from the checkpoint's: {k} = {saved.get(k)!r} in the checkpoint "
+                                  f"vs {v!r} now")
 
+# %% ../nbs/08_train.ipynb #3dbe2544
 @patch
 def save(self:Trainer) -> Path:
-    "Write a complete checkpoint atomically: one self-contained file per block, one for the shared parameters, state.json."
+    """Write a complete checkpoint atomically: one self-contained file per block, one for the shared parameters,
+    state.json."""
     if self.run is None: raise ConfigError("this Trainer has no run directory")
     if self.cuda: torch.cuda.synchronize(self.device)          # pending copies into pinned host buffers
     cfg, B = self.config, self.model.num_blocks
     files, refs = {}, {}
     for k in range(B):
         meta = dict(block=k, num_blocks=B, step=self.steps[k], layers=self.model.split[k], seed=cfg.seed)
-        files[block_file(k)] = pack_state(self.tensors[k], self.opt.get(k), self.sched.get(k), self.ema.get(k), self.gen.get(k), meta)
-        refs[str(k)] = dict(file=block_file(k), step=self.steps[k], params='param.*', optimizer='opt.*' if k in self.opt else None,
-                            ema='ema.*' if self.ema.get(k) else None, rng='rng' if k in self.gen else None, scheduler='metadata: scheduler')
-    files[SHARED_FILE] = pack_state(self.shared_t, self.shared_opt, self.shared_sched, self.shared_ema, None, dict(step=self.iteration))
-    refs['shared'] = dict(file=SHARED_FILE, params='param.*', optimizer='opt.*' if self.shared_opt else None, ema='ema.*' if self.shared_ema else None)
-    state = dict(format=FORMAT, iteration=self.iteration, steps=list(self.steps), blocks=list(self.trained), shared_steps=self.shared_steps,
-                 samples=self.iteration * cfg.batch_size, train_seconds=self.train_seconds, schedule=self.schedule.state_dict(),
+        files[block_file(k)] = pack_state(self.tensors[k], self.opt.get(k), self.sched.get(k), self.ema.get(k),
+                                          self.gen.get(k), meta)
+        refs[str(k)] = dict(file=block_file(k), step=self.steps[k], params='param.*',
+                            optimizer='opt.*' if k in self.opt else None, ema='ema.*' if self.ema.get(k) else None,
+                            rng='rng' if k in self.gen else None, scheduler='metadata: scheduler')
+    files[SHARED_FILE] = pack_state(self.shared_t, self.shared_opt, self.shared_sched, self.shared_ema, None,
+                                    dict(step=self.iteration))
+    refs['shared'] = dict(file=SHARED_FILE, params='param.*', optimizer='opt.*' if self.shared_opt else None,
+                          ema='ema.*' if self.shared_ema else None)
+    state = dict(format=FORMAT, iteration=self.iteration, steps=list(self.steps), blocks=list(self.trained),
+                 shared_steps=self.shared_steps, samples=self.iteration * cfg.batch_size,
+                 train_seconds=self.train_seconds, schedule=self.schedule.state_dict(),
                  torch_rng=encode_bytes(torch.get_rng_state()),
                  cuda_rng=[encode_bytes(s) for s in torch.cuda.get_rng_state_all()] if self.cuda else None,
                  files=refs, fingerprint=fingerprint(self.model), config=cfg.to_dict())
     return self.run.save(f'step-{self.iteration:08d}', files, state, cfg.keep)
 
+# %% ../nbs/08_train.ipynb #4a235914
 @patch
 def resume(self:Trainer, run_dir=None) -> bool:
     "Load the last complete checkpoint of run_dir (default: this run's), refusing a mismatched one; False if none."
@@ -614,29 +733,42 @@ def resume(self:Trainer, run_dir=None) -> bool:
         with run.lock(): set_latest(run.checkpoints, [p.name for p in ds[ds.index(d):]] if d in ds else [d.name])
     check_fingerprint(state['fingerprint'], fingerprint(self.model), f'checkpoint {d}')
     if state.get('format', 1) < FORMAT:
-        raise CheckpointError(f"checkpoint {d} was written by an older engine (format {state.get('format', 1)}: one data order for all blocks); it cannot be continued exactly: its weights still load (checkpoint.load_weights), or retrain")
+        raise CheckpointError(f"checkpoint {d} was written by an older engine (format {state.get('format', 1)}: one "
+                              "data order for all blocks); it cannot be continued exactly: its weights still load "
+                              "(checkpoint.load_weights), or retrain")
     check_config(state['config'], self.config, self.extend)
     self._activate(None)                                         # every block in its home (offload store or device)
     for k in range(self.model.num_blocks):
         tensors, meta = read_file(d / block_file(k))
-        fresh = k in self.opt and 'optimizer' not in json.loads(meta.get('state', '{}'))   # a block that checkpoint never trained
-        m = unpack_state(tensors, meta, self.tensors[k], *((None,) * 4 if fresh else (self.opt.get(k), self.sched.get(k), self.ema.get(k), self.gen.get(k))))
-        if m.get('block') != k: raise CheckpointError(f"{d / block_file(k)} holds block {m.get('block')}, not block {k}")
-        if fresh and m.get('step', 0): raise CheckpointError(f"{d / block_file(k)}: block {k} is at step {m['step']} but its optimizer state is missing")
+        # a block that checkpoint never trained
+        fresh = k in self.opt and 'optimizer' not in json.loads(meta.get('state', '{}'))
+        m = unpack_state(tensors, meta, self.tensors[k], *((None,) * 4 if fresh else
+                                                           (self.opt.get(k), self.sched.get(k), self.ema.get(k),
+                                                            self.gen.get(k))))
+        if m.get('block') != k:
+            raise CheckpointError(f"{d / block_file(k)} holds block {m.get('block')}, not block {k}")
+        if fresh and m.get('step', 0):
+            raise CheckpointError(f"{d / block_file(k)}: block {k} is at step {m['step']} but its optimizer state is "
+                                  "missing")
         if fresh and self.ema.get(k):
             with torch.no_grad():
                 for n, e in self.ema[k].items(): e.copy_(self.params[k][n])
         self.steps[k] = m['step']
         if k in self.opt and self.steps[k] > self.budget[k]:
-            raise ConfigError(f"checkpoint {d}: block {k} is at step {self.steps[k]}, past its budget of {self.budget[k]} steps (iterations={self.config.iterations})")
+            raise ConfigError(f"checkpoint {d}: block {k} is at step {self.steps[k]}, past its budget of "
+                              f"{self.budget[k]} steps (iterations={self.config.iterations})")
         if self.offload is not None: self._move(k, up=False)     # loaded AdamW moments into the host buffers
     unpack_state(*read_file(d / SHARED_FILE), self.shared_t, self.shared_opt, self.shared_sched, self.shared_ema)
     self.iteration = sum(self.steps[k] for k in self.trained)     # every iteration trains one of this run's blocks
     self.shared_steps = state.get('shared_steps', self.iteration)
     sched = state['schedule']
-    same = sched.get('blocks') == list(self.trained) and sched.get('start', 0) + sum(sched.get('counts', ())) == self.total
-    self.schedule = (BlockSchedule.from_state(self.config.block_schedule, sched, self.config.seed) if same and TrainConfig.legacy(state['config']).get('block_schedule') == self.config.block_schedule
-                     else BlockSchedule(self.config.block_schedule, self.trained, [self.budget[k] - self.steps[k] for k in self.trained], self.config.seed, self.iteration))
+    same = (sched.get('blocks') == list(self.trained)
+            and sched.get('start', 0) + sum(sched.get('counts', ())) == self.total)
+    self.schedule = (BlockSchedule.from_state(self.config.block_schedule, sched, self.config.seed)
+                     if same and TrainConfig.legacy(state['config']).get('block_schedule') == self.config.block_schedule
+                     else BlockSchedule(self.config.block_schedule, self.trained,
+                                        [self.budget[k] - self.steps[k] for k in self.trained], self.config.seed,
+                                        self.iteration))
     torch.set_rng_state(decode_bytes(state['torch_rng']))
     if self.cuda and state.get('cuda_rng') and len(state['cuda_rng']) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all([decode_bytes(s) for s in state['cuda_rng']])
@@ -644,7 +776,7 @@ def resume(self:Trainer, run_dir=None) -> bool:
     if self.run is not None: self.run.truncate_metrics(self.iteration)
     return True
 
-# %% ../nbs/08_train.ipynb #c9b7c9b9
+# %% ../nbs/08_train.ipynb #ab701283
 @patch
 def ema_state_dict(self:Trainer) -> dict:
     "{state_dict name: EMA tensor (a copy)} of every trained block and the shared parameters."
@@ -658,6 +790,7 @@ def ema_state_dict(self:Trainer) -> dict:
     out.update({n: e.detach().clone() for n, e in (self.shared_ema or {}).items()})
     return out
 
+# %% ../nbs/08_train.ipynb #6d2932f6
 @patch
 def load_ema(self:Trainer, model=None):
     "Copy the EMA weights into `model` (default: the trainer's own model); returns the model."

@@ -7,7 +7,7 @@ from diffusionblocks.blocks import DiffusionBlocks, EmbeddingTarget, VectorAdapt
 from diffusionblocks.checkpoint import CheckpointError, block_file, latest_checkpoint, load_weights, read_file
 from diffusionblocks.layers import AdaLNZeroLayer
 from diffusionblocks.partition import Partition
-from diffusionblocks.train import NonFiniteLossError, TrainConfig, Trainer, scale_budget
+from diffusionblocks.train import NonFiniteLossError, TrainConfig, Trainer
 
 torch.set_num_threads(1)          # tiny models: one thread is fastest and robust on a loaded 2-core machine
 QUIET = dict(progress=False, tensorboard=False)
@@ -193,42 +193,6 @@ def test_subset_of_blocks_and_assembly(tmp_path):
         if k != 1: assert torch.equal(p, runs[k][n]), n
 
 
-def test_budget_and_per_block_schedules():
-    "With scale_budget, every block of a B = 2 run follows exactly the baseline's warmup + cosine, on its own steps."
-    base = TrainConfig(iterations=20, warmup=4, batch_size=8, lr=1e-2, block_schedule='round-robin', **QUIET)
-    def lrs(model, cfg):
-        tr, seen = Trainer(model, cfg, points(), device='cpu'), {}
-        step = tr.step
-        def record(k, batch):
-            seen.setdefault(k, []).append(tr.opt[k].param_groups[0]['lr']); return step(k, batch)
-        tr.step = record
-        return tr.fit(), seen
-    s1, e2e = lrs(tiny(blocks=1), base)
-    s2, blk = lrs(tiny(blocks=2), scale_budget(base, 2))
-    assert s1['steps'] == [20] and s2['steps'] == [20, 20]
-    assert blk[0] == e2e[0] and blk[1] == e2e[0]
-    assert e2e[0][0] < e2e[0][3] < e2e[0][4] == pytest.approx(1e-2) and e2e[0][-1] < 1e-3
-
-
-def test_ema_weights(tmp_path):
-    tr = Trainer(tiny(), TrainConfig(iterations=6, batch_size=16, lr=1e-2, ema=0.5, **QUIET), points(), tmp_path / 'ema', device='cpu')
-    tr.fit()
-    m = tiny(seed=1); load_weights(tmp_path / 'ema', m, ema=True)
-    for k in range(3):
-        for n, p in m.block_parameters(k).items(): assert torch.equal(p, tr.ema[k][n])
-    Trainer(tiny(), TrainConfig(iterations=2, batch_size=16, **QUIET), points(), tmp_path / 'raw', device='cpu').fit()
-    with pytest.raises(CheckpointError, match='no EMA'): load_weights(tmp_path / 'raw', m, ema=True)
-
-
-def test_metrics_are_per_block(tmp_path):
-    tr = Trainer(tiny(), TrainConfig(iterations=12, batch_size=16, log_every=6, block_schedule='round-robin', **QUIET), points(), tmp_path, device='cpu')
-    s = tr.fit()
-    rows = tr.run.metrics()
-    assert [(r['iteration'], r['block'], r['step'], r['n']) for r in rows] == [(6, 0, 2, 2), (6, 1, 2, 2), (6, 2, 2, 2), (12, 0, 4, 2), (12, 1, 4, 2), (12, 2, 4, 2)]
-    assert set(rows[0]) >= {'loss', 'loss_unweighted', 'grad_norm', 'lr', 'seconds'}
-    assert set(s) >= {'steps', 'train_seconds', 'peak_memory_bytes', 'final_loss'} and s['train_seconds'] > 0
-
-
 SCRIPT = '''
 import sys, torch
 torch.set_num_threads(1)
@@ -259,47 +223,3 @@ def test_sigkill_at_random_moments(tmp_path):
     ref, out = (tiny(), tiny(seed=1))
     load_weights(tmp_path / 'ref', ref, ema=True); load_weights(tmp_path / 'run', out, ema=True)
     for a, b in zip(ref.parameters(), out.parameters()): assert torch.equal(a, b)
-
-
-def test_activation_checkpointing_is_an_option_of_both():
-    "Activation checkpointing changes memory, not results: baseline and block-wise runs end bit-identical with and without."
-    for blocks in (1, 3):
-        ends = []
-        for on in (False, True):
-            tr = Trainer(tiny(blocks=blocks), TrainConfig(iterations=6, batch_size=16, lr=1e-2, checkpointing=on, **QUIET), points(), device='cpu')
-            tr.fit()
-            assert all(b.checkpointing == on for b in tr.model.blocks)
-            ends.append([p.clone() for p in tr.model.parameters()])
-        assert all(torch.equal(a, b) for a, b in zip(*ends))
-
-
-def test_time_based_checkpoints(tmp_path):
-    "save_minutes: a checkpoint whenever that much time has passed (here: every iteration); 0 with save_every=0: only the final one."
-    Trainer(tiny(), TrainConfig(iterations=4, batch_size=8, save_minutes=1e-9, keep=10, **QUIET), points(), tmp_path / 'often', device='cpu').fit()
-    assert sorted(p.name for p in (tmp_path / 'often' / 'checkpoint').iterdir()) == ['LATEST'] + [f'step-{i:08d}' for i in (1, 2, 3, 4)]
-    Trainer(tiny(), TrainConfig(iterations=4, batch_size=8, save_minutes=0, keep=10, **QUIET), points(), tmp_path / 'end', device='cpu').fit()
-    assert sorted(p.name for p in (tmp_path / 'end' / 'checkpoint').iterdir()) == ['LATEST', 'step-00000004']
-
-
-def test_cpu_thread_policy():
-    "On the CPU the trainer applies cpu_threads: one thread for a small model unless TrainConfig.threads says otherwise."
-    before = torch.get_num_threads()
-    try:
-        Trainer(tiny(), TrainConfig(**QUIET), device='cpu'); assert torch.get_num_threads() == 1
-        Trainer(tiny(), TrainConfig(threads=2, **QUIET), device='cpu'); assert torch.get_num_threads() == 2
-    finally: torch.set_num_threads(before)
-
-
-def test_protocol_checked_at_construction():
-    "A model missing a member of the engine protocol is refused in one line naming it."
-    from diffusionblocks.errors import ConfigError
-    class NoFingerprint(torch.nn.Module):
-        blocks, split, num_blocks = torch.nn.ModuleList(), [], 0
-        def block_parameters(self, k): return {}
-        def shared_parameters(self): return {}
-        def loss(self, k, y, generator=None, **cond): pass
-        def set_checkpointing(self, on=True): return self
-    with pytest.raises(ConfigError, match="NoFingerprint\\) does not satisfy BlockwiseModel: it has no 'fingerprint'"):
-        Trainer(NoFingerprint(), TrainConfig(**QUIET), device='cpu')
-    with pytest.raises(ConfigError, match="does not satisfy OffloadStore: it has no 'down'"):
-        Trainer(tiny(), TrainConfig(residency='active', **QUIET), device='cpu', offload=object())
