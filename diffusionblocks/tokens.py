@@ -6,18 +6,20 @@
 __all__ = ['EOT', 'EOS_TOKENS', 'SPECS', 'HUB_TEXT', 'VAL_FRACTION', 'Codec', 'CharCodec', 'BPECodec', 'train_bpe', 'load_codec',
            'TokenCorpus', 'load_token_corpus']
 
-# %% ../nbs/09a_tokens.ipynb #58089d72
+# %% ../nbs/09a_tokens.ipynb #cd7dd92e
 import os, re, io, json, hashlib, contextlib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 import numpy as np
 import torch
+from fastcore.basics import patch
 from .errors import ConfigError, DataError
 from .checkpoint import atomic_write, read_bounded, LIMITS
-from .data import CharVocab, TextSequences, split_text, text_path, _read_text, data_dir, hub_offline, content_key
+from .data import (CharVocab, TextSequences, split_text, text_path, _read_text, data_dir, hub_offline,
+                                  content_key)
 
-# %% ../nbs/09a_tokens.ipynb #9759d92c
+# %% ../nbs/09a_tokens.ipynb #b22b5185
 @runtime_checkable
 class Codec(Protocol):
     "Text ↔ ids 0..V-1: what the language-model tasks and the text metrics consume (duck-typed; see the table above)."
@@ -31,8 +33,10 @@ class Codec(Protocol):
 
 def _sha(s:str) -> str: return hashlib.sha256(s.encode('utf-8', 'surrogatepass')).hexdigest()[:16]
 
+# %% ../nbs/09a_tokens.ipynb #cc5fd184
 class CharCodec(CharVocab):
-    "Character codec: a data.CharVocab (ids in code-point order) whose document separator is '\\n' (if in the alphabet)."
+    """Character codec: a data.CharVocab (ids in code-point order) whose document separator is '\\n' (if in the
+    alphabet)."""
     name = 'char'
     @property
     def eos_id(self): return self.stoi.get('\n')
@@ -41,16 +45,18 @@ class CharCodec(CharVocab):
         return dict(type='char', name=self.name, vocab_size=len(self), eos_id=self.eos_id, sha=_sha(''.join(self.itos)))
     def save(self, path) -> Path:
         "Write {type: 'char', chars} as JSON (atomically)."
-        atomic_write(path, json.dumps(dict(type='char', chars=''.join(self.itos)), ensure_ascii=False)); return Path(path)
+        atomic_write(path, json.dumps(dict(type='char', chars=''.join(self.itos)), ensure_ascii=False))
+        return Path(path)
     def __repr__(self): return f"CharCodec({len(self)} symbols: {''.join(self.itos)[:60]!r}, eos_id={self.eos_id})"
 
-# %% ../nbs/09a_tokens.ipynb #54c1be28
+# %% ../nbs/09a_tokens.ipynb #0a2ac467
 EOT = '<|endoftext|>'
 EOS_TOKENS = (EOT, '</s>', '<|end_of_text|>', '<eos>', '[SEP]')   # tried in order as a tokenizer's document separator
 _CUT = re.compile(r'(?<=[!-~])\n(?=[!-~])')                        # a newline between printable ASCII (not spaces)
 
 def _pieces(text:str, size:int=1 << 16) -> list:
-    "Cut a text after newlines between printable ASCII characters, every ~size characters: the GPT-2 pre-tokenizer cuts there too."
+    """Cut a text after newlines between printable ASCII characters, every ~size characters: the GPT-2 pre-tokenizer
+    cuts there too."""
     out, i = [], 0
     while i < len(text):
         m = _CUT.search(text, i + size) if i + size < len(text) else None
@@ -58,12 +64,15 @@ def _pieces(text:str, size:int=1 << 16) -> list:
         out.append(text[i:j]); i = j
     return out or ['']
 
+# %% ../nbs/09a_tokens.ipynb #4c5689f3
 def _byte_level(spec:dict) -> bool:
-    "Whether a tokenizer.json is GPT-2-style byte level (ByteLevel regex pre-tokenizer, no prefix space, no normaliser): safe to encode in pieces."
+    """Whether a tokenizer.json is GPT-2-style byte level (ByteLevel regex pre-tokenizer, no prefix space, no
+    normaliser): safe to encode in pieces."""
     pt = spec.get('pre_tokenizer') or {}
     return (spec.get('normalizer') is None and pt.get('type') == 'ByteLevel' and pt.get('use_regex', True)
             and not pt.get('add_prefix_space', False))
 
+# %% ../nbs/09a_tokens.ipynb #82237c22
 class BPECodec:
     "A `tokenizers` codec: byte-level BPE trained by `train_bpe`, or any tokenizer.json (a pretrained model's)."
     def __init__(self, tokenizer,       # a tokenizers.Tokenizer
@@ -88,22 +97,27 @@ class BPECodec:
     def save(self, path) -> Path:
         "Write the tokenizer.json (atomically)."
         atomic_write(path, self._json); return Path(path)
-    @classmethod
-    def load(cls, path, name:str='bpe'):
-        "A codec from a tokenizer.json; an unreadable file is one DataError naming it."
-        from tokenizers import Tokenizer
-        text = read_bounded(path, LIMITS['tokenizer'], 'tokenizer file', DataError)     # a regular file of bounded size
-        try: return cls(Tokenizer.from_str(text.decode('utf-8')), name)
-        except Exception as e: raise DataError(f"not a tokenizer file: {path} ({type(e).__name__}: {_first_line(e)})") from None
     def __repr__(self): return f"BPECodec({self.name!r}, {len(self)} tokens, eos_id={self.eos_id})"
+
+# %% ../nbs/09a_tokens.ipynb #96664391
+@patch(cls_method=True)
+def load(cls:BPECodec, path, name:str='bpe'):
+    "A codec from a tokenizer.json; an unreadable file is one DataError naming it."
+    from tokenizers import Tokenizer
+    text = read_bounded(path, LIMITS['tokenizer'], 'tokenizer file', DataError)     # a regular file of bounded size
+    try: return cls(Tokenizer.from_str(text.decode('utf-8')), name)
+    except Exception as e: raise DataError(f"not a tokenizer file: {path} ({type(e).__name__}: "
+                                           f"{_first_line(e)})") from None
 
 def _first_line(e): return (str(e).strip().splitlines() or [''])[0][:200]
 
+# %% ../nbs/09a_tokens.ipynb #ec868dda
 def train_bpe(texts,                # the training text: a str, or an iterable of str (documents)
               vocab_size:int,       # V, counting the 256 byte symbols and '<|endoftext|>'
               min_frequency:int=2,  # a merge needs its pair at least this often
              ) -> BPECodec:
-    "Train a byte-level BPE codec (GPT-2's recipe): lossless on any text, deterministic, '<|endoftext|>' = id 0 = eos_id."
+    """Train a byte-level BPE codec (GPT-2's recipe): lossless on any text, deterministic, '<|endoftext|>' = id 0 =
+    eos_id."""
     if not isinstance(vocab_size, int) or isinstance(vocab_size, bool) or vocab_size < 257:
         raise ConfigError(f"vocab_size must be an integer >= 257 (256 bytes + '<|endoftext|>'), got {vocab_size!r}")
     from tokenizers import Tokenizer, models, pre_tokenizers, decoders, trainers
@@ -116,7 +130,7 @@ def train_bpe(texts,                # the training text: a str, or an iterable o
     tok.train_from_iterator((p for d in docs for p in _pieces(d)), trainer=trainer)
     return BPECodec(tok, 'bpe')
 
-# %% ../nbs/09a_tokens.ipynb #8ca620ea
+# %% ../nbs/09a_tokens.ipynb #bebccb33
 SPECS = "'char', 'bpe' (with vocab_size), 'hf:<hub id>', or the path of a tokenizer.json / saved char codec"
 
 def _text_key(texts) -> str:
@@ -126,26 +140,32 @@ def _text_key(texts) -> str:
         b = d.encode('utf-8', 'surrogatepass'); h.update(len(b).to_bytes(8, 'little')); h.update(b)
     return h.hexdigest()[:16]
 
+# %% ../nbs/09a_tokens.ipynb #4baaab3d
 def _load_file(p:Path) -> Codec:
     "A codec from a file: a saved char codec ({type: 'char'}) or a tokenizer.json."
     try: spec = json.loads(read_bounded(p, LIMITS['tokenizer'], 'tokenizer file', DataError).decode('utf-8'))
     except DataError: raise
-    except ValueError as e: raise DataError(f"not a tokenizer file: {p} ({type(e).__name__}: {_first_line(e)})") from None
+    except ValueError as e: raise DataError(f"not a tokenizer file: {p} ({type(e).__name__}: "
+                                            f"{_first_line(e)})") from None
     if isinstance(spec, dict) and spec.get('type') == 'char':
         if not spec.get('chars'): raise DataError(f"empty char codec file: {p}")
         return CharCodec(spec['chars'])
     return BPECodec.load(p)
 
+# %% ../nbs/09a_tokens.ipynb #cc4c6333
 def _pretrained(hid:str, offline=None) -> BPECodec:
     "The tokenizer.json of a hub model, downloaded once (huggingface_hub's cache) or read from that cache offline."
     from huggingface_hub import hf_hub_download
     try:
-        with hub_offline(offline) if offline is not None else contextlib.nullcontext(): f = hf_hub_download(hid, 'tokenizer.json')
+        with hub_offline(offline) if offline is not None else contextlib.nullcontext():
+            f = hf_hub_download(hid, 'tokenizer.json')
     except Exception as e:
-        raise DataError(f"pretrained tokenizer {hid!r} is not available here: download it once online (huggingface_hub caches it), "
+        raise DataError(f"pretrained tokenizer {hid!r} is not available here: download it once online (huggingface_hub "
+                        "caches it), "
                         f"or pass the path of its tokenizer.json ({type(e).__name__}: {_first_line(e)})") from None
     return BPECodec.load(f, hid)
 
+# %% ../nbs/09a_tokens.ipynb #2c90f80b
 def load_codec(spec,                 # 'char', 'bpe', 'hf:<id>', a tokenizer.json / char-codec path, or a Codec
                train_text=None,      # 'char' / 'bpe': the text (str, or documents) to build or train on
                vocab_size:int=None,  # 'bpe': V
@@ -180,7 +200,7 @@ def load_codec(spec,                 # 'char', 'bpe', 'hf:<id>', a tokenizer.jso
     if p.is_file(): return _load_file(p)
     raise ConfigError(f"unknown tokenizer {s!r}: use {SPECS}")
 
-# %% ../nbs/09a_tokens.ipynb #4ae285a4
+# %% ../nbs/09a_tokens.ipynb #4506ad3e
 HUB_TEXT = {'lm1b': 'dvruette/lm1b', 'openwebtext': 'Skylion007/openwebtext'}   # aliases of hub text sets
 VAL_FRACTION = 0.05
 _FORMAT = 'tokens-1'
@@ -194,8 +214,10 @@ class _LazyTexts(Mapping):
     def __iter__(self): return iter(self._makers)
     def __len__(self): return len(self._makers)
 
+# %% ../nbs/09a_tokens.ipynb #cf0c2150
 class TokenCorpus:
-    "A tokenised corpus: its codec, the ids (n,) of its fixed train / val / test parts, their raw texts and sizes in characters."
+    """A tokenised corpus: its codec, the ids (n,) of its fixed train / val / test parts, their raw texts and sizes
+    in characters."""
     def __init__(self, codec,           # the Codec
                  splits:dict,           # {'train', 'val', 'test'}: LongTensor (n,) of ids
                  texts:Mapping,         # the same: the raw text of each split
@@ -217,43 +239,53 @@ class TokenCorpus:
         return (f"TokenCorpus({self.source}: {self.codec.name} {len(self.codec)} tokens, " +
                 ', '.join(f'{k} {len(v):,}' for k, v in self.splits.items()) + ')')
 
+# %% ../nbs/09a_tokens.ipynb #3e1b1430
 def _ids_cache(name:str, key_parts:list) -> Path:
     "Where a corpus' encoded ids are cached: <cache>/tokens/<name>-<hash of what they depend on>.npz."
     slug = re.sub(r'[^\w.-]+', '_', name).strip('_')[-60:] or 'corpus'
     return data_dir()/'tokens'/f"{slug}-{_sha(json.dumps([_FORMAT, *key_parts], sort_keys=True))}.npz"
 
+# %% ../nbs/09a_tokens.ipynb #f06ea58f
 def _cached_ids(f:Path, cache:bool, encode) -> tuple:
     "({split: LongTensor}, {split: characters}) read from f, or made by encode() and written to f (atomically)."
     if cache and f.is_file():
         try:
-            with np.load(f) as z: return ({k: torch.from_numpy(z[k].astype(np.int64)) for k in ('train', 'val', 'test')},
-                                          dict(zip(('train', 'val', 'test'), z['chars'].tolist())))
+            with np.load(f) as z:
+                return ({k: torch.from_numpy(z[k].astype(np.int64)) for k in ('train', 'val', 'test')},
+                        dict(zip(('train', 'val', 'test'), z['chars'].tolist())))
         except (OSError, ValueError, KeyError, EOFError): pass                # damaged: encode again
     ids, chars = encode()
     if cache:
         dt = np.uint16 if max(int(v.max()) if len(v) else 0 for v in ids.values()) < 65536 else np.int32
         buf = io.BytesIO()
-        np.savez(buf, **{k: v.numpy().astype(dt) for k, v in ids.items()}, chars=np.array([chars[k] for k in ('train', 'val', 'test')]))
+        np.savez(buf, **{k: v.numpy().astype(dt) for k, v in ids.items()},
+                 chars=np.array([chars[k] for k in ('train', 'val', 'test')]))
         f.parent.mkdir(parents=True, exist_ok=True); atomic_write(f, buf.getvalue())
     return ids, chars
 
-# %% ../nbs/09a_tokens.ipynb #95a54ef3
+# %% ../nbs/09a_tokens.ipynb #9d58e07a
 def _file_corpus(s, tokenizer, vocab_size, cache) -> TokenCorpus:
     "A text file's corpus: 90/5/5 by position, the codec built on the train part (char: the whole alphabet)."
     p = text_path(s)
     text = _read_text(p); parts = split_text(text)
     tok = str(tokenizer) if isinstance(tokenizer, (str, Path)) else None
     codec = load_codec(tokenizer, text if tok == 'char' else parts['train'], vocab_size, cache)
-    f = _ids_cache(s if s in ('tinyshakespeare', 'text8') else p.name, [content_key(p), 'position 90/5/5', codec.describe()])
-    ids, chars = _cached_ids(f, cache, lambda: ({k: codec.encode(v) for k, v in parts.items()}, {k: len(v) for k, v in parts.items()}))
+    f = _ids_cache(s if s in ('tinyshakespeare', 'text8') else p.name,
+                   [content_key(p), 'position 90/5/5', codec.describe()])
+    ids, chars = _cached_ids(f, cache, lambda: ({k: codec.encode(v) for k, v in parts.items()},
+                                                {k: len(v) for k, v in parts.items()}))
     return TokenCorpus(codec, ids, parts, chars, s, p, 'position 90/5/5')
 
-def load_token_corpus(source='tinyshakespeare', # 'tinyshakespeare', 'text8', a .txt/.gz/.zip path, 'lm1b', 'openwebtext' or 'hf:<id>'
+# %% ../nbs/09a_tokens.ipynb #9c099aa6
+# source: 'tinyshakespeare', 'text8', a .txt/.gz/.zip path, 'lm1b', 'openwebtext' or 'hf:<id>'
+def load_token_corpus(source='tinyshakespeare',
                       tokenizer='char',         # a `load_codec` spec ('char', 'bpe', 'hf:<id>', a file) or a Codec
                       vocab_size:int=None,      # 'bpe': V
                       test_fraction:float=0.1,  # hub sets without a test split: the last fraction of the documents
-                      offline:bool=None,        # hub: force offline (True) or online (False); None follows HF_HUB_OFFLINE
-                      cache:bool=True,          # reuse / store the trained tokenizer and the encoded ids under data_dir()
+                      # hub: force offline (True) or online (False); None follows HF_HUB_OFFLINE
+                      offline:bool=None,
+                      # reuse / store the trained tokenizer and the encoded ids under data_dir()
+                      cache:bool=True,
                      ) -> TokenCorpus:
     "A tokenised corpus with fixed train / val / test splits, from a text file or a hub text set."
     if not (isinstance(test_fraction, (int, float)) and 0 < test_fraction < 1 - 2 * VAL_FRACTION):
@@ -263,7 +295,7 @@ def load_token_corpus(source='tinyshakespeare', # 'tinyshakespeare', 'text8', a 
     if hid is None: return _file_corpus(s, tokenizer, vocab_size, cache)
     return _hub_corpus(hid, tokenizer, vocab_size, test_fraction, offline, cache)
 
-# %% ../nbs/09a_tokens.ipynb #d517a416
+# %% ../nbs/09a_tokens.ipynb #6f7cd152
 def _hub_docs(hid:str, offline=None):
     "The DatasetDict of a hub text set (or a local dataset folder / save_to_disk folder); unreachable is one DataError."
     import datasets
@@ -273,13 +305,18 @@ def _hub_docs(hid:str, offline=None):
             if (local/'dataset_dict.json').is_file(): dd = datasets.load_from_disk(str(local))
             else: dd = datasets.load_dataset(hid, cache_dir=str(data_dir()/'hf'))
     except Exception as e:
-        if local.exists(): raise DataError(f"datasets could not load the local text set {local} ({type(e).__name__}: {_first_line(e)})") from None
+        if local.exists():
+            raise DataError(f"datasets could not load the local text set {local} ({type(e).__name__}: "
+                            f"{_first_line(e)})") from None
         raise DataError(f"hub text set {hid!r} could not be loaded: it needs network access once (it is then cached in "
-                        f"{data_dir()/'hf'}), or a local copy passed as hf:<folder> ({type(e).__name__}: {_first_line(e)})") from None
+                        f"{data_dir()/'hf'}), or a local copy passed as hf:<folder> "
+                        f"({type(e).__name__}: {_first_line(e)})") from None
     return dd if isinstance(dd, datasets.DatasetDict) else datasets.DatasetDict({'train': dd})
 
+# %% ../nbs/09a_tokens.ipynb #5cc35c56
 def _hub_split(dd, test_fraction:float, hid='') -> tuple:
-    "({train, val, test}: Dataset, text column, rule): the set's own test split, else the last test_fraction of documents."
+    """({train, val, test}: Dataset, text column, rule): the set's own test split, else the last test_fraction of
+    documents."""
     base = dd['train'] if 'train' in dd else dd[next(iter(dd))]
     col = next((c for c, f in base.features.items() if getattr(f, 'dtype', None) in ('string', 'large_string')), None)
     if col is None: raise DataError(f"hf:{hid} has no text column (its columns: {', '.join(base.features)})")
@@ -294,12 +331,14 @@ def _hub_split(dd, test_fraction:float, hid='') -> tuple:
     else:
         nt, nv = max(1, int(N * test_fraction)), max(1, int(N * VAL_FRACTION))
         if N - nt - nv < 1: raise DataError(f"hf:{hid} has {N} documents, too few for a train / val / test split")
-        parts = {'train': base.select(range(N - nt - nv)), 'val': base.select(range(N - nt - nv, N - nt)), 'test': base.select(range(N - nt, N))}
+        parts = {'train': base.select(range(N - nt - nv)), 'val': base.select(range(N - nt - nv, N - nt)),
+                 'test': base.select(range(N - nt, N))}
         rule = f'by document index: last {test_fraction:g} test, {VAL_FRACTION:g} before it val'
     for k, v in parts.items():
         if len(v) == 0: raise DataError(f"hf:{hid}: the {k} split has no documents")
     return parts, col, rule
 
+# %% ../nbs/09a_tokens.ipynb #997d9f63
 def _batches(ds, col, size=2048):
     "The documents of a text column, in lists of `size`."
     for b in ds.select_columns([col]).iter(batch_size=size): yield [d or '' for d in b[col]]
@@ -312,6 +351,7 @@ def _encode_docs(codec, ds, col, sep:str) -> tuple:
         t = sep.join(b); out.append(codec.encode(t)); n += len(t)
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.long), n
 
+# %% ../nbs/09a_tokens.ipynb #b1367a20
 def _hub_corpus(hid, tokenizer, vocab_size, test_fraction, offline, cache) -> TokenCorpus:
     "A hub text set's corpus: documents joined by the codec's separator."
     parts, col, rule = _hub_split(_hub_docs(hid, offline), test_fraction, hid)
@@ -321,7 +361,9 @@ def _hub_corpus(hid, tokenizer, vocab_size, test_fraction, offline, cache) -> To
     else:
         fp = [parts['train']._fingerprint, rule]
         codec = load_codec(tokenizer, docs('train'), vocab_size, cache, cache_key=f'hf:{hid}|{fp}')
-    if codec.eos_id is None: raise DataError(f"tokenizer {codec.name!r} has no document separator token (one of {', '.join(EOS_TOKENS)}): hub text sets need one")
+    if codec.eos_id is None:
+        raise DataError(f"tokenizer {codec.name!r} has no document separator token (one of {', '.join(EOS_TOKENS)}): "
+                        "hub text sets need one")
     sep = codec.decode([codec.eos_id])
     key = [f'hf:{hid}', {k: v._fingerprint for k, v in parts.items()}, rule, codec.describe()]
     def encode():
