@@ -6,7 +6,7 @@
 __all__ = ['frechet_distance', 'FeatureNet', 'train_feature_net', 'extract_features', 'accuracy', 'save_feature_net',
            'load_feature_net', 'feature_net_for', 'local_fid', 'inception_fid']
 
-# %% ../nbs/11_fid.ipynb #5f06e258
+# %% ../nbs/11_fid.ipynb #46823877
 import math
 from pathlib import Path
 import torch, torch.nn as nn, torch.nn.functional as F
@@ -23,7 +23,7 @@ def frechet_distance(feats1:torch.Tensor,  # (N1, d) features of set 1
     s1, s2 = (fid_features_to_statistics(f.detach().double().cpu()) for f in (feats1, feats2))
     return fid_statistics_to_metric(s1, s2, verbose=False)['frechet_inception_distance']
 
-# %% ../nbs/11_fid.ipynb #f5163315
+# %% ../nbs/11_fid.ipynb #209ae50a
 class FeatureNet(nn.Module):
     "Small CNN classifier whose penultimate activations serve as local-FID features."
     def __init__(self, channels:int=1, num_classes:int=10, width:int=32, feat_dim:int=64):
@@ -38,47 +38,60 @@ class FeatureNet(nn.Module):
     def features(self, x): return self.body(x)          # (N, C, H, W) in [-1, 1] -> (N, feat_dim)
     def forward(self, x): return self.cls(self.features(x))
 
-def train_feature_net(images, labels, num_classes:int, iterations:int=600, batch_size:int=128, lr:float=2e-3, seed:int=0, device=None, width:int=32):
+# %% ../nbs/11_fid.ipynb #ceda79a8
+def train_feature_net(images, labels, num_classes:int, iterations:int=600, batch_size:int=128, lr:float=2e-3,
+                      seed:int=0, device=None, width:int=32):
     "Train a FeatureNet classifier on (images in [-1, 1], labels); returns it in eval mode."
     device = device or images.device
     torch.manual_seed(seed); g = torch.Generator().manual_seed(seed)
     net = FeatureNet(images.shape[1], num_classes, width).to(device)
     def loss(_):
         i = torch.randint(0, len(images), (batch_size,), generator=g)
-        x = images[i].to(device); x = torch.where(torch.rand(len(x), 1, 1, 1, generator=g).to(device) < 0.5, x, x.flip(-1)) if images.shape[-1] > 8 else x
+        x = images[i].to(device)
+        x = (torch.where(torch.rand(len(x), 1, 1, 1, generator=g).to(device) < 0.5, x, x.flip(-1))
+             if images.shape[-1] > 8 else x)
         return F.cross_entropy(net(x), labels[i].to(device))
-    return fit(net, loss, iterations, lr, weight_decay=1e-4, scheduler=lambda opt: torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=iterations))[0]
+    return fit(net, loss, iterations, lr, weight_decay=1e-4,
+               scheduler=lambda opt: torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=iterations))[0]
 
+# %% ../nbs/11_fid.ipynb #0dee7a7f
 @torch.no_grad()
 def extract_features(net:FeatureNet, images, batch_size:int=512):
     "Features of a (N, C, H, W) image tensor in [-1, 1]."
     dev = next(net.parameters()).device
-    return torch.cat([net.features(images[i:i + batch_size].to(dev).float()).cpu() for i in range(0, len(images), batch_size)])
+    return torch.cat([net.features(images[i:i + batch_size].to(dev).float()).cpu()
+                      for i in range(0, len(images), batch_size)])
 
 @torch.no_grad()
 def accuracy(net, images, labels, batch_size:int=512):
     dev = next(net.parameters()).device
-    pred = torch.cat([net(images[i:i + batch_size].to(dev).float()).argmax(-1).cpu() for i in range(0, len(images), batch_size)])
+    pred = torch.cat([net(images[i:i + batch_size].to(dev).float()).argmax(-1).cpu()
+                      for i in range(0, len(images), batch_size)])
     return (pred == labels.cpu()).float().mean().item()
 
-# %% ../nbs/11_fid.ipynb #2b49eff3
+# %% ../nbs/11_fid.ipynb #7f871bd2
 def save_feature_net(net:FeatureNet, path):
     from safetensors.torch import save
     path = Path(path); make_dirs(path.parent, 'cache folder')
-    atomic_write(path, save(net.state_dict(), metadata={k: str(v) for k, v in net.config.items()}))   # a full disk: one line, no debris
+    # a full disk: one line, no debris
+    atomic_write(path, save(net.state_dict(), metadata={k: str(v) for k, v in net.config.items()}))
 
 def load_feature_net(path, channels:int, num_classes:int):
     from safetensors import safe_open
-    regular_file(path, 'cached feature net')            # a folder, a fifo or /dev/zero in its place: one line, never read
+    regular_file(path, 'cached feature net')            # a folder, a fifo or /dev/zero in its place: one line, unread
     with safe_open(str(path), 'pt') as f: meta = f.metadata()
     cfg = {k: int(v) for k, v in meta.items()}
     if (cfg['channels'], cfg['num_classes']) != (channels, num_classes):
-        raise ValueError(f"feature net {path} is for {cfg['channels']} channels/{cfg['num_classes']} classes, not {channels}/{num_classes}")
+        raise ValueError(f"feature net {path} is for {cfg['channels']} channels/{cfg['num_classes']} classes, "
+                         f"not {channels}/{num_classes}")
     net = FeatureNet(**cfg); net.load_state_dict(load_file(str(path))); return net.eval()
 
+# %% ../nbs/11_fid.ipynb #bba95d81
 def feature_net_for(name:str, images, labels, num_classes:int, cache_dir, iterations:int=600, device=None):
     "The cached local-FID feature net of data set `name`, trained on (images, labels) on first use."
-    path = Path(cache_dir) / f'featurenet-{name}-s{iterations}-{images.shape[1]}x{images.shape[2]}x{images.shape[3]}.safetensors'  # iterations in the key: a quick test net never stands in for a real one
+    # iterations in the key: a quick test net never stands in for a real one
+    path = (Path(cache_dir) /
+            f'featurenet-{name}-s{iterations}-{images.shape[1]}x{images.shape[2]}x{images.shape[3]}.safetensors')
     if path.exists(): return load_feature_net(path, images.shape[1], num_classes).to(device or 'cpu')
     net = train_feature_net(images, labels, num_classes, iterations=iterations, device=device)
     save_feature_net(net, path); return net
@@ -87,7 +100,7 @@ def local_fid(net:FeatureNet, real, fake) -> float:
     "Local FID (not comparable with published FID): Fréchet distance in a FeatureNet's feature space."
     return frechet_distance(extract_features(net, real), extract_features(net, fake))
 
-# %% ../nbs/11_fid.ipynb #cbcbe305
+# %% ../nbs/11_fid.ipynb #800fe14f
 class _Images(torch.utils.data.Dataset):
     "uint8 (3, H, W) views of images in [-1, 1], as torch-fidelity's inputs."
     def __init__(self, x): self.x = x
@@ -96,16 +109,23 @@ class _Images(torch.utils.data.Dataset):
         x = ((self.x[i].float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
         return x.expand(3, -1, -1) if x.shape[0] == 1 else x
 
+# %% ../nbs/11_fid.ipynb #0ba5a282
 def inception_fid(real, fake, weights_path=None, cuda=None, batch_size:int=64) -> float:
     "Standard Inception-v3 FID via torch-fidelity (needs its weights: cached, at weights_path, or downloadable)."
     import torch_fidelity
-    if weights_path is not None and not Path(weights_path).exists(): raise FileNotFoundError(f"Inception weights not found: {weights_path}")
+    if weights_path is not None and not Path(weights_path).exists():
+        raise FileNotFoundError(f"Inception weights not found: {weights_path}")
     try:
-        m = torch_fidelity.calculate_metrics(input1=_Images(fake), input2=_Images(real), fid=True, verbose=False, cache=False,
-                                             cuda=torch.cuda.is_available() if cuda is None else cuda, batch_size=batch_size,
-                                             feature_extractor_weights_path=None if weights_path is None else str(weights_path))
+        m = torch_fidelity.calculate_metrics(input1=_Images(fake), input2=_Images(real), fid=True, verbose=False,
+                                             cache=False,
+                                             cuda=torch.cuda.is_available() if cuda is None else cuda,
+                                             batch_size=batch_size,
+                                             feature_extractor_weights_path=None if weights_path is None
+                                             else str(weights_path))
     except (OSError, RuntimeError) as e:
-        if weights_path is None and ('urlopen' in repr(e) or 'URL' in repr(e) or 'connect' in repr(e).lower() or 'resolve' in repr(e).lower()):
-            raise RuntimeError("Inception-v3 weights are not cached and cannot be downloaded (no network): pass weights_path=") from None
+        if weights_path is None and ('urlopen' in repr(e) or 'URL' in repr(e) or 'connect' in repr(e).lower()
+                                     or 'resolve' in repr(e).lower()):
+            raise RuntimeError("Inception-v3 weights are not cached and cannot be downloaded (no network): "
+                               "pass weights_path=") from None
         raise
     return m['frechet_inception_distance']
