@@ -6,7 +6,7 @@
 __all__ = ['distinct_n', 'repetition_rate', 'mauve', 'ReferenceLM', 'perplexity', 'LocalReference', 'HFReference', 'train_lm',
            'cached_reference', 'diversity', 'text_metrics']
 
-# %% ../nbs/26_lm_metrics.ipynb #fcb6c697
+# %% ../nbs/26_lm_metrics.ipynb #4ff4fd8a
 import hashlib, json, math, re
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -15,8 +15,9 @@ from .errors import ConfigError, DataError, CheckpointError, NonFiniteLossError,
 from .checkpoint import atomic_write, regular_file
 from .data import data_dir
 from .engine import fit
+from fastcore.basics import patch
 
-# %% ../nbs/26_lm_metrics.ipynb #569ea67d
+# %% ../nbs/26_lm_metrics.ipynb #f56966f1
 def _units(s):
     "A sample as a list of hashable units: characters of a str, ids of a tensor or list."
     if isinstance(s, str): return list(s)
@@ -24,6 +25,7 @@ def _units(s):
 
 def _ngrams(u, n): return [tuple(u[i:i + n]) for i in range(len(u) - n + 1)]
 
+# %% ../nbs/26_lm_metrics.ipynb #524e42c9
 def distinct_n(samples,  # list of token-id sequences (list / 1-D tensor) or of strings (characters)
                n:int,    # n-gram order (≥ 1)
               ) -> float:
@@ -32,6 +34,7 @@ def distinct_n(samples,  # list of token-id sequences (list / 1-D tensor) or of 
     grams = [g for s in samples for g in _ngrams(_units(s), n)]
     return len(set(grams)) / len(grams) if grams else math.nan
 
+# %% ../nbs/26_lm_metrics.ipynb #0cad69af
 def repetition_rate(samples,  # list of token-id sequences or strings
                     n:int=4,  # n-gram order
                    ) -> float:
@@ -44,13 +47,15 @@ def repetition_rate(samples,  # list of token-id sequences or strings
             rep += g in seen; tot += 1; seen.add(g)
     return rep / tot if tot else math.nan
 
-# %% ../nbs/26_lm_metrics.ipynb #2d80021c
+# %% ../nbs/26_lm_metrics.ipynb #6be9f7cd
 def _features(x, name):
     x = torch.as_tensor(x).detach().float().cpu()
-    if x.ndim != 2 or len(x) < 2: raise DataError(f"MAUVE {name}_features must be a (N ≥ 2, F) matrix, got shape {tuple(x.shape)}")
+    if x.ndim != 2 or len(x) < 2:
+        raise DataError(f"MAUVE {name}_features must be a (N ≥ 2, F) matrix, got shape {tuple(x.shape)}")
     if not torch.isfinite(x).all(): raise DataError(f"MAUVE {name}_features contain NaN or inf")
     return x.numpy()
 
+# %% ../nbs/26_lm_metrics.ipynb #063a193d
 def mauve(p_features,              # (N_p, F) features of the model's samples
           q_features,              # (N_q, F) features of the human references
           scaling_factor:float=5., # MAUVE's c (`mauve-text` default 5; DiffusionBlocks v4 states 2)
@@ -58,15 +63,20 @@ def mauve(p_features,              # (N_p, F) features of the model's samples
           seed:int=25,             # k-means seed (`mauve-text` default)
          ) -> dict:                # mauve, scaling_factor, num_buckets, n_p, n_q
     "MAUVE between two feature sets through `mauve.compute_mauve` (package `mauve-text`)."
-    if not (isinstance(scaling_factor, (int, float)) and scaling_factor > 0): raise ConfigError(f"MAUVE scaling_factor must be > 0, got {scaling_factor!r}")
-    if num_buckets != 'auto' and not (isinstance(num_buckets, int) and num_buckets >= 2): raise ConfigError(f"MAUVE num_buckets must be 'auto' or an int ≥ 2, got {num_buckets!r}")
+    if not (isinstance(scaling_factor, (int, float)) and scaling_factor > 0):
+        raise ConfigError(f"MAUVE scaling_factor must be > 0, got {scaling_factor!r}")
+    if num_buckets != 'auto' and not (isinstance(num_buckets, int) and num_buckets >= 2):
+        raise ConfigError(f"MAUVE num_buckets must be 'auto' or an int ≥ 2, got {num_buckets!r}")
     p, q = _features(p_features, 'p'), _features(q_features, 'q')
-    if p.shape[1] != q.shape[1]: raise DataError(f"MAUVE p and q features differ in width: {p.shape[1]} vs {q.shape[1]}")
+    if p.shape[1] != q.shape[1]:
+        raise DataError(f"MAUVE p and q features differ in width: {p.shape[1]} vs {q.shape[1]}")
     lib = requires('mauve', 'mauve-text', feature='MAUVE')
-    out = lib.compute_mauve(p_features=p, q_features=q, num_buckets=num_buckets, mauve_scaling_factor=float(scaling_factor), seed=seed, verbose=False)
-    return dict(mauve=float(out.mauve), scaling_factor=float(scaling_factor), num_buckets=int(out.num_buckets), n_p=len(p), n_q=len(q))
+    out = lib.compute_mauve(p_features=p, q_features=q, num_buckets=num_buckets,
+                            mauve_scaling_factor=float(scaling_factor), seed=seed, verbose=False)
+    return dict(mauve=float(out.mauve), scaling_factor=float(scaling_factor), num_buckets=int(out.num_buckets),
+                n_p=len(p), n_q=len(q))
 
-# %% ../nbs/26_lm_metrics.ipynb #c87646dd
+# %% ../nbs/26_lm_metrics.ipynb #0316f65e
 @runtime_checkable
 class ReferenceLM(Protocol):
     "A scorer / featuriser of text: MAUVE features and next-token NLL."
@@ -75,6 +85,7 @@ class ReferenceLM(Protocol):
     def features(self, texts:list) -> torch.Tensor: ...   # (N, F) float32 CPU
     def nll(self, texts:list) -> tuple: ...               # (total nats, scored tokens)
 
+# %% ../nbs/26_lm_metrics.ipynb #9da669e8
 def _windows(n:int, max_len, stride:int) -> list:
     "(start, end, first) covering targets 1..n-1 once: window ids[start:end] scores positions first..end-1."
     if max_len is None or n <= max_len: return [(0, n, 1)]
@@ -83,12 +94,13 @@ def _windows(n:int, max_len, stride:int) -> list:
         end = min(e + stride, n); out.append((end - max_len, end, e)); e = end
     return out
 
-# %% ../nbs/26_lm_metrics.ipynb #91123866
+# %% ../nbs/26_lm_metrics.ipynb #7dfeaaef
 class _CausalScorer:
     "Batching, truncation and windowing shared by the reference LMs; subclasses give `_encode` and `_forward`."
     label, local = 'causal-lm', False
     def _encode(self, text:str) -> list: raise NotImplementedError
-    def _forward(self, x, lens, hidden:bool): raise NotImplementedError   # (N, T) ids -> (N, T, V) logits or (N, T, d) hidden
+    # (N, T) ids -> (N, T, V) logits or (N, T, d) hidden
+    def _forward(self, x, lens, hidden:bool): raise NotImplementedError
 
     def _batches(self, seqs):
         "Length-sorted batches: (indices, (N, T) right-padded ids on the device, lengths)."
@@ -100,45 +112,53 @@ class _CausalScorer:
             for r, i in enumerate(idx): x[r, :len(seqs[i])] = torch.as_tensor(seqs[i], dtype=torch.long)
             yield idx, x.to(self.device), lens
 
-    @torch.no_grad()
-    def features(self,
-                 texts:list, # strings
-                ) -> torch.Tensor: # (N, F) float32 on the CPU
-        "Final hidden state at the last token of each text (its first `max_len` tokens)."
-        seqs = [self._encode(t)[:self.max_len] for t in texts]
-        if any(len(s) == 0 for s in seqs): raise DataError(f"text {next(i for i, s in enumerate(seqs) if not s)} encodes to no token: it has no features")
-        out = [None] * len(seqs)
-        for idx, x, lens in self._batches(seqs):
-            h = self._forward(x, lens, hidden=True)
-            for r, i in enumerate(idx): out[i] = h[r, lens[r] - 1].float().cpu()
-        return torch.stack(out) if out else torch.zeros(0, 0)
+# %% ../nbs/26_lm_metrics.ipynb #7e80b932
+@patch
+@torch.no_grad()
+def features(self:_CausalScorer,
+             texts:list, # strings
+            ) -> torch.Tensor: # (N, F) float32 on the CPU
+    "Final hidden state at the last token of each text (its first `max_len` tokens)."
+    seqs = [self._encode(t)[:self.max_len] for t in texts]
+    if any(len(s) == 0 for s in seqs):
+        raise DataError(f"text {next(i for i, s in enumerate(seqs) if not s)} encodes to no token: it has no features")
+    out = [None] * len(seqs)
+    for idx, x, lens in self._batches(seqs):
+        h = self._forward(x, lens, hidden=True)
+        for r, i in enumerate(idx): out[i] = h[r, lens[r] - 1].float().cpu()
+    return torch.stack(out) if out else torch.zeros(0, 0)
 
-    @torch.no_grad()
-    def nll(self,
-            texts:list, # strings
-           ) -> tuple:  # (total nats: float, scored tokens: int)
-        "Summed next-token NLL of tokens 1..n−1 of every text (windows of `max_len` for long texts)."
-        stride = max(1, (self.max_len or 2) // 2)
-        pieces = [(ids[s:e], f - s) for ids in map(self._encode, texts) for s, e, f in _windows(len(ids), self.max_len, stride) if e - s >= 2]
-        total, count = 0., 0
-        for idx, x, lens in self._batches([p for p, _ in pieces]):
-            logits = self._forward(x, lens, hidden=False)[:, :-1].float()
-            ce = F.cross_entropy(logits.flatten(0, 1), x[:, 1:].flatten(), reduction='none').view(len(idx), -1).double()
-            pos = torch.arange(1, x.shape[1], device=ce.device)[None]                       # target position of each column
-            first = torch.tensor([pieces[i][1] for i in idx], device=ce.device)[:, None]
-            keep = (pos >= first) & (pos < lens.to(ce.device)[:, None])
-            total += ce[keep].sum().item(); count += int(keep.sum())
-        return total, count
+# %% ../nbs/26_lm_metrics.ipynb #56c922d6
+@patch
+@torch.no_grad()
+def nll(self:_CausalScorer,
+        texts:list, # strings
+       ) -> tuple:  # (total nats: float, scored tokens: int)
+    "Summed next-token NLL of tokens 1..n−1 of every text (windows of `max_len` for long texts)."
+    stride = max(1, (self.max_len or 2) // 2)
+    pieces = [(ids[s:e], f - s) for ids in map(self._encode, texts)
+              for s, e, f in _windows(len(ids), self.max_len, stride) if e - s >= 2]
+    total, count = 0., 0
+    for idx, x, lens in self._batches([p for p, _ in pieces]):
+        logits = self._forward(x, lens, hidden=False)[:, :-1].float()
+        ce = F.cross_entropy(logits.flatten(0, 1), x[:, 1:].flatten(), reduction='none').view(len(idx), -1).double()
+        pos = torch.arange(1, x.shape[1], device=ce.device)[None]                    # target position of each column
+        first = torch.tensor([pieces[i][1] for i in idx], device=ce.device)[:, None]
+        keep = (pos >= first) & (pos < lens.to(ce.device)[:, None])
+        total += ce[keep].sum().item(); count += int(keep.sum())
+    return total, count
 
+# %% ../nbs/26_lm_metrics.ipynb #3310fb8f
 def perplexity(ref,          # a ReferenceLM
                texts:list,   # strings
               ) -> float:
     "exp(total NLL / scored tokens) of the texts under `ref` (per token of ref's tokenizer)."
     total, n = ref.nll(texts)
-    if n == 0: raise DataError(f"perplexity under {ref.label}: no token to score (every text is shorter than 2 tokens)")
+    if n == 0:
+        raise DataError(f"perplexity under {ref.label}: no token to score (every text is shorter than 2 tokens)")
     return math.exp(total / n)
 
-# %% ../nbs/26_lm_metrics.ipynb #25831376
+# %% ../nbs/26_lm_metrics.ipynb #1bb1b18f
 class LocalReference(_CausalScorer):
     "A locally trained causal LM as the reference model: its metric keys end in '_local'."
     local = True
@@ -150,22 +170,33 @@ class LocalReference(_CausalScorer):
                  max_len:int=None,    # context limit (default: model.max_len or model.seq_len if set, else none)
                  label:str='local',   # the name recorded in metrics
                 ):
-        if not (callable(model) and hasattr(model, 'hidden')): raise ConfigError(f"LocalReference needs a model with forward(ids) -> logits and hidden(ids) -> states, got {type(model).__name__}")
+        if not (callable(model) and hasattr(model, 'hidden')):
+            raise ConfigError(f"LocalReference needs a model with forward(ids) -> logits and hidden(ids) -> states, "
+                              f"got {type(model).__name__}")
         max_len = (getattr(model, 'max_len', None) or getattr(model, 'seq_len', None)) if max_len is None else max_len
-        if max_len is not None and not (isinstance(max_len, int) and max_len >= 2): raise ConfigError(f"LocalReference max_len must be an int ≥ 2, got {max_len!r}")
-        if not (isinstance(batch_size, int) and batch_size >= 1): raise ConfigError(f"LocalReference batch_size must be an int ≥ 1, got {batch_size!r}")
+        if max_len is not None and not (isinstance(max_len, int) and max_len >= 2):
+            raise ConfigError(f"LocalReference max_len must be an int ≥ 2, got {max_len!r}")
+        if not (isinstance(batch_size, int) and batch_size >= 1):
+            raise ConfigError(f"LocalReference batch_size must be an int ≥ 1, got {batch_size!r}")
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
-        self.model, self.codec, self.batch_size, self.max_len, self.label = model.to(self.device), codec, batch_size, max_len, label
-    def __repr__(self): return f"LocalReference({self.label}: {type(self.model).__name__}, max_len={self.max_len})"
-    def _encode(self, text):
-        ids = self.codec.encode(text)
-        return ids.tolist() if torch.is_tensor(ids) else list(ids)
-    def _forward(self, x, lens, hidden):
-        was = self.model.training; self.model.eval()
-        try: return self.model.hidden(x) if hidden else self.model(x)
-        finally: self.model.train(was)
+        self.model, self.codec, self.batch_size = model.to(self.device), codec, batch_size
+        self.max_len, self.label = max_len, label
 
-# %% ../nbs/26_lm_metrics.ipynb #2d476537
+# %% ../nbs/26_lm_metrics.ipynb #63d4a2aa
+@patch
+def __repr__(self:LocalReference):
+    return f"LocalReference({self.label}: {type(self.model).__name__}, max_len={self.max_len})"
+@patch
+def _encode(self:LocalReference, text):
+    ids = self.codec.encode(text)
+    return ids.tolist() if torch.is_tensor(ids) else list(ids)
+@patch
+def _forward(self:LocalReference, x, lens, hidden):
+    was = self.model.training; self.model.eval()
+    try: return self.model.hidden(x) if hidden else self.model(x)
+    finally: self.model.train(was)
+
+# %% ../nbs/26_lm_metrics.ipynb #9d9cffd3
 class HFReference(_CausalScorer):
     "A `transformers` causal LM (GPT-2, Llama-2, ...) from local files as the reference model."
     local = False
@@ -179,21 +210,28 @@ class HFReference(_CausalScorer):
         tf = requires('transformers', feature='MAUVE / gen-PPL with GPT-2')
         try:
             self.tokenizer = tf.AutoTokenizer.from_pretrained(name_or_path, local_files_only=True)
-            model = tf.AutoModelForCausalLM.from_pretrained(name_or_path, local_files_only=True, **({'torch_dtype': dtype} if dtype else {}))
+            model = tf.AutoModelForCausalLM.from_pretrained(name_or_path, local_files_only=True,
+                                                            **({'torch_dtype': dtype} if dtype else {}))
         except OSError:
-            raise DataError(f"reference LM {name_or_path!r} is not available locally: download it while online (huggingface-cli download {name_or_path}) or pass a local folder") from None
+            raise DataError(f"reference LM {name_or_path!r} is not available locally: download it while online "
+                            f"(huggingface-cli download {name_or_path}) or pass a local folder") from None
         n_pos = getattr(model.config, 'max_position_embeddings', None) or getattr(model.config, 'n_positions', None)
         self.max_len = min(max_len, n_pos) if n_pos else max_len
         self.device = torch.device(device or ('cuda' if torch.cuda.is_available() else 'cpu'))
         self.model, self.batch_size, self.label = model.to(self.device).eval(), batch_size, str(name_or_path)
-    def __repr__(self): return f"HFReference({self.label}, max_len={self.max_len})"
-    def _encode(self, text): return self.tokenizer.encode(text)
-    def _forward(self, x, lens, hidden):
-        mask = (torch.arange(x.shape[1])[None] < lens[:, None]).long().to(x.device)
-        out = self.model(input_ids=x, attention_mask=mask, output_hidden_states=hidden, return_dict=True)
-        return out.hidden_states[-1] if hidden else out.logits
 
-# %% ../nbs/26_lm_metrics.ipynb #33618504
+# %% ../nbs/26_lm_metrics.ipynb #de66fcbb
+@patch
+def __repr__(self:HFReference): return f"HFReference({self.label}, max_len={self.max_len})"
+@patch
+def _encode(self:HFReference, text): return self.tokenizer.encode(text)
+@patch
+def _forward(self:HFReference, x, lens, hidden):
+    mask = (torch.arange(x.shape[1])[None] < lens[:, None]).long().to(x.device)
+    out = self.model(input_ids=x, attention_mask=mask, output_hidden_states=hidden, return_dict=True)
+    return out.hidden_states[-1] if hidden else out.logits
+
+# %% ../nbs/26_lm_metrics.ipynb #1cd6a65c
 def train_lm(model:nn.Module,      # model(ids (N, T)) -> logits (N, T, V)
              ids,                  # 1-D LongTensor: the training token stream
              seq_len:int,          # context length of the training windows
@@ -207,24 +245,29 @@ def train_lm(model:nn.Module,      # model(ids (N, T)) -> logits (N, T, V)
             ) -> nn.Module:        # the model, trained, in eval mode
     "Next-token AdamW training of a causal LM on random windows of a token stream (seeded, cosine schedule, clip 1)."
     ids = torch.as_tensor(ids)
-    if ids.ndim != 1 or ids.dtype.is_floating_point: raise DataError(f"train_lm needs a 1-D integer token stream, got {ids.dtype} of shape {tuple(ids.shape)}")
+    if ids.ndim != 1 or ids.dtype.is_floating_point:
+        raise DataError(f"train_lm needs a 1-D integer token stream, got {ids.dtype} of shape {tuple(ids.shape)}")
     for k, v in dict(seq_len=seq_len, iterations=iterations, batch_size=batch_size).items():
         if not (isinstance(v, int) and v >= 1): raise ConfigError(f"train_lm {k} must be an int ≥ 1, got {v!r}")
-    if len(ids) < seq_len + 2: raise DataError(f"train_lm: a stream of {len(ids)} tokens is too short for windows of {seq_len} + 1")
+    if len(ids) < seq_len + 2:
+        raise DataError(f"train_lm: a stream of {len(ids)} tokens is too short for windows of {seq_len} + 1")
     warmup = min(100, iterations // 10) if warmup is None else warmup
     device = torch.device(device) if device is not None else next(model.parameters()).device
     g, offs, ids = torch.Generator().manual_seed(seed), torch.arange(seq_len + 1), ids.long().cpu()
     def loss(_):
         x = ids[torch.randint(0, len(ids) - seq_len, (batch_size,), generator=g)[:, None] + offs].to(device)
         return F.cross_entropy(model(x[:, :-1]).flatten(0, 1).float(), x[:, 1:].flatten())
-    return fit(model, loss, iterations, lr, weight_decay, warmup, seed=seed, device=device, clip=1., name='train_lm', check_finite=True)[0]
+    return fit(model, loss, iterations, lr, weight_decay, warmup, seed=seed, device=device, clip=1., name='train_lm',
+               check_finite=True)[0]
 
-# %% ../nbs/26_lm_metrics.ipynb #c90cde21
+# %% ../nbs/26_lm_metrics.ipynb #675d6714
 def _fingerprint(ids, train_kw) -> dict:
     ids = torch.as_tensor(ids).long().cpu().contiguous()
     kw = {k: v for k, v in sorted(train_kw.items()) if k != 'device'}
-    return dict(ids=f"{len(ids)}:{hashlib.sha1(ids.numpy().tobytes()).hexdigest()[:16]}", train=json.dumps(kw, sort_keys=True, default=str))
+    return dict(ids=f"{len(ids)}:{hashlib.sha1(ids.numpy().tobytes()).hexdigest()[:16]}",
+                train=json.dumps(kw, sort_keys=True, default=str))
 
+# %% ../nbs/26_lm_metrics.ipynb #0d0e1d35
 def cached_reference(key:str,        # cache file name: letters, digits, '.', '_', '-'
                      build,          # () -> a fresh, untrained nn.Module (the architecture)
                      ids,            # 1-D LongTensor: the training stream (e.g. the corpus' validation split)
@@ -234,33 +277,45 @@ def cached_reference(key:str,        # cache file name: letters, digits, '.', '_
     "The reference LM `key`: trained with `train_lm` on first use and cached (safetensors), loaded afterwards."
     from safetensors.torch import save, load_file
     from safetensors import safe_open
-    if not (isinstance(key, str) and re.fullmatch(r'[A-Za-z0-9][A-Za-z0-9._-]*', key)): raise ConfigError(f"cached_reference key must be a file-name-safe string (letters, digits, '.', '_', '-'), got {key!r}")
+    if not (isinstance(key, str) and re.fullmatch(r'[A-Za-z0-9][A-Za-z0-9._-]*', key)):
+        raise ConfigError(f"cached_reference key must be a file-name-safe string (letters, digits, '.', '_', '-'), "
+                          f"got {key!r}")
     path = Path(cache_dir or data_dir() / 'reference-lm') / f'{key}.safetensors'
     fp = _fingerprint(ids, train_kw)
     if path.exists():
-        regular_file(path, 'cached reference LM')       # a folder, a fifo or /dev/zero in its place: one line, never read
+        # a folder, a fifo or /dev/zero in its place: one line, never read
+        regular_file(path, 'cached reference LM')
         with safe_open(str(path), 'pt') as f: meta = f.metadata() or {}
         diff = [k for k in fp if meta.get(k) != fp[k]]
-        if diff: raise CheckpointError(f"cached reference LM {path} was trained with other {' and '.join('data' if k == 'ids' else 'settings' for k in diff)}: use another key or delete the file")
+        if diff: raise CheckpointError(f"cached reference LM {path} was trained with other "
+                                       f"{' and '.join('data' if k == 'ids' else 'settings' for k in diff)}: "
+                                       "use another key or delete the file")
         model = build()
         try: model.load_state_dict(load_file(str(path)))
-        except RuntimeError as e: raise CheckpointError(f"cached reference LM {path} does not fit the architecture built for key {key!r}: {str(e).splitlines()[0]}") from None
+        except RuntimeError as e:
+            raise CheckpointError(f"cached reference LM {path} does not fit the architecture built for key {key!r}: "
+                                  f"{str(e).splitlines()[0]}") from None
         return model.to(train_kw.get('device') or next(model.parameters()).device).eval()
     model = train_lm(build(), ids, **train_kw)
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, save({k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}, metadata=dict(key=key, **fp)))
+    atomic_write(path, save({k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()},
+                            metadata=dict(key=key, **fp)))
     return model
 
-# %% ../nbs/26_lm_metrics.ipynb #da17b59c
+# %% ../nbs/26_lm_metrics.ipynb #525e932c
 def diversity(samples,  # token-id sequences or strings
              ) -> dict: # distinct_1..distinct_4, repetition_rate (4-grams)
     "The diversity report that goes next to every generative perplexity."
-    return {**{f'distinct_{n}': distinct_n(samples, n) for n in (1, 2, 3, 4)}, 'repetition_rate': repetition_rate(samples, 4)}
+    return {**{f'distinct_{n}': distinct_n(samples, n) for n in (1, 2, 3, 4)},
+            'repetition_rate': repetition_rate(samples, 4)}
 
+# %% ../nbs/26_lm_metrics.ipynb #bb9be63e
 def _texts(x, name):
-    if not isinstance(x, (list, tuple)) or not x or not all(isinstance(t, str) for t in x): raise DataError(f"text_metrics {name} must be a non-empty list of strings")
+    if not isinstance(x, (list, tuple)) or not x or not all(isinstance(t, str) for t in x):
+        raise DataError(f"text_metrics {name} must be a non-empty list of strings")
     return list(x)
 
+# %% ../nbs/26_lm_metrics.ipynb #0a81a8a0
 def text_metrics(ref,                      # a ReferenceLM (HFReference or LocalReference)
                  samples:list,             # generated texts (p)
                  references:list,          # human reference texts (q), e.g. from the test split
@@ -271,13 +326,15 @@ def text_metrics(ref,                      # a ReferenceLM (HFReference or Local
                  num_buckets='auto',       # MAUVE's histogram size
                 ) -> dict:
     "MAUVE, generative perplexity (and the reference's PPL on real text) and diversity of generated text."
-    if not isinstance(ref, ReferenceLM): raise ConfigError(f"text_metrics needs a reference LM (label, local, features, nll), got {type(ref).__name__}")
+    if not isinstance(ref, ReferenceLM):
+        raise ConfigError(f"text_metrics needs a reference LM (label, local, features, nll), got {type(ref).__name__}")
     samples, references = _texts(samples, 'samples'), _texts(references, 'references')
-    if samples_ids is not None and len(samples_ids) != len(samples): raise DataError(f"text_metrics: {len(samples_ids)} samples_ids for {len(samples)} samples")
+    if samples_ids is not None and len(samples_ids) != len(samples):
+        raise DataError(f"text_metrics: {len(samples_ids)} samples_ids for {len(samples)} samples")
     sfx = '_local' if ref.local else ''
     m = mauve(ref.features(samples), ref.features(references), scaling_factor, num_buckets, seed)
     out = {f'mauve{sfx}': m['mauve'], f'gen_ppl{sfx}': perplexity(ref, samples)}
     if real is not None: out[f'ref_ppl{sfx}'] = perplexity(ref, _texts(real, 'real'))
     out.update(diversity(samples if samples_ids is None else samples_ids))
-    return {**out, 'reference_model': ref.label, 'mauve_scaling_factor': m['scaling_factor'], 'mauve_num_buckets': m['num_buckets'],
-            'mauve_n_p': m['n_p'], 'mauve_n_q': m['n_q']}
+    return {**out, 'reference_model': ref.label, 'mauve_scaling_factor': m['scaling_factor'],
+            'mauve_num_buckets': m['num_buckets'], 'mauve_n_p': m['n_p'], 'mauve_n_q': m['n_q']}
