@@ -7,7 +7,7 @@ __all__ = ['LEGACY_FIELDS', 'base_iterations', 'RUN_FILES', 'PARALLEL', 'RESUMAB
            'default_out', 'peak_memory', 'hardware', 'check_device', 'build_model', 'eval_job', 'run_job', 'read_run',
            'resume_run', 'read_metrics', 'load_run', 'evaluate_run', 'init_run', 'run_jobs']
 
-# %% ../../nbs/20_jobs.ipynb #b639aa50
+# %% ../../nbs/20_jobs.ipynb #6e5c4ea2
 import os, sys, json, math, time, platform, resource, dataclasses, warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,17 +18,20 @@ from ..train import Trainer, TrainConfig, scale_budget, default_device, SCHEDULE
 from ..checkpoint import RunDir, load_weights, atomic_write, read_bounded, check_path, LIMITS
 from .. import parallel as _parallel
 from fastcore.basics import patch
-from ..tasks import TASKS, Task, TaskData, Options, PRESETS, get_task, load_tasks, preset_rows, baseline_iterations_of
+from ..tasks import (TASKS, Task, TaskData, Options, PRESETS, get_task, load_tasks, preset_rows,
+                                   baseline_iterations_of)
 
-# %% ../../nbs/20_jobs.ipynb #36ed566b
+# %% ../../nbs/20_jobs.ipynb #cbea4ccb
 def _isint(v): return isinstance(v, int) and not isinstance(v, bool)
 def _isnum(v): return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 LEGACY_FIELDS = {'iterations': 'baseline_iterations', 'schedule': 'block_schedule'}   # older config.json spellings
 
+# %% ../../nbs/20_jobs.ipynb #bd38f8d5
 @dataclass(frozen=True)
 class Job:
-    "Everything a run needs: task, preset, model, method, data, B, γ, scheme, split, budget, optimiser, options, seed. Validated (one-line ConfigError naming the field); JSON round-trip."
+    """Everything a run needs: task, preset, model, method, data, B, γ, scheme, split, budget, optimiser, options,
+    seed. Validated (one-line ConfigError naming the field); JSON round-trip."""
     preset:str                    # the preset it was made from
     task:str                      # a key of tasks.TASKS
     model:object                  # the task's model description: a registry name or a dict of its fields
@@ -54,7 +57,7 @@ class Job:
     seed:int=0                    # seeds the model init, the data order, every block's σ/ε stream and the evaluation
     def __post_init__(self): self.validate()
 
-# %% ../../nbs/20_jobs.ipynb #a1488178
+# %% ../../nbs/20_jobs.ipynb #fe889034
 @patch
 def validate(self:Job):
     "Check every field (one-line ConfigError naming it); read a dict of options through the task's Options class."
@@ -68,18 +71,25 @@ def validate(self:Job):
     if self.method is None: set_('method', task.methods[0])
     if self.method not in task.methods: bad('method', f"one of {', '.join(task.methods)} for task {self.task}")
     opts = task.options_type(self.model)
-    if self.options is None or isinstance(self.options, dict): set_('options', opts.from_dict(self.options, f'task {self.task}'))
+    if self.options is None or isinstance(self.options, dict):
+        set_('options', opts.from_dict(self.options, f'task {self.task}'))
     elif type(self.options) is not opts: bad('options', f'{opts.__name__} or a dict of its fields')
     if not (_isint(self.blocks) and 1 <= self.blocks <= 1024): bad('blocks', 'an integer in [1, 1024]')
     if not (_isnum(self.overlap) and 0 <= self.overlap <= 10): bad('overlap', 'a number in [0, 10]')
     if self.scheme not in SCHEMES: bad('scheme', 'one of ' + ', '.join(SCHEMES))
-    if self.split is not None and not (isinstance(self.split, tuple) and all(_isint(s) and s >= 1 for s in self.split) and len(self.split) == self.blocks):
+    if self.split is not None and not (isinstance(self.split, tuple) and all(_isint(s) and s >= 1 for s in self.split)
+                                       and len(self.split) == self.blocks):
         bad('split', f'None or {self.blocks} positive layer counts (one per block)')
     if (self.baseline_iterations is None) == (self.epochs is None):
-        raise ConfigError(f"a job needs exactly one budget: baseline_iterations or epochs (got {self.baseline_iterations!r}, {self.epochs!r})")
-    if self.baseline_iterations is not None and not (_isint(self.baseline_iterations) and 1 <= self.baseline_iterations <= 10**9): bad('baseline_iterations', 'an integer in [1, 1e9]')
-    if self.epochs is not None and not (_isnum(self.epochs) and 0 < self.epochs <= 1e6): bad('epochs', 'a number in (0, 1e6]')
-    if not (_isnum(self.warmup_fraction) and 0 <= self.warmup_fraction < 1): bad('warmup_fraction', 'a number in [0, 1)')
+        raise ConfigError("a job needs exactly one budget: baseline_iterations or epochs (got "
+                          f"{self.baseline_iterations!r}, {self.epochs!r})")
+    if self.baseline_iterations is not None and not (_isint(self.baseline_iterations)
+                                                     and 1 <= self.baseline_iterations <= 10**9):
+        bad('baseline_iterations', 'an integer in [1, 1e9]')
+    if self.epochs is not None and not (_isnum(self.epochs) and 0 < self.epochs <= 1e6):
+        bad('epochs', 'a number in (0, 1e6]')
+    if not (_isnum(self.warmup_fraction) and 0 <= self.warmup_fraction < 1):
+        bad('warmup_fraction', 'a number in [0, 1)')
     if not (_isint(self.batch_size) and 1 <= self.batch_size <= 2**20): bad('batch_size', 'an integer in [1, 1048576]')
     if not (_isnum(self.lr) and 0 < self.lr <= 10): bad('lr', 'a number in (0, 10]')
     if self.lr_schedule not in LR_SCHEDULES: bad('lr_schedule', 'one of ' + ', '.join(LR_SCHEDULES))
@@ -91,18 +101,22 @@ def validate(self:Job):
         if not (_isint(getattr(self, n)) and getattr(self, n) >= 0): bad(n, 'an integer >= 0')
     if self.seed >= 2**63: bad('seed', 'an integer < 2**63')
 
-# %% ../../nbs/20_jobs.ipynb #6d463ac5
+# %% ../../nbs/20_jobs.ipynb #986fcb9b
 @patch(as_prop=True)
 def blockwise(self:Job) -> bool:
     "Does this job's method train one block per iteration (and so get B× the baseline's iterations)?"
     return self.method in get_task(self.task).blockwise
 
 @patch(as_prop=True)
-def is_baseline(self:Job) -> bool: "Is this the task's end-to-end baseline?"; return self.method == get_task(self.task).baseline
+def is_baseline(self:Job) -> bool:
+    "Is this the task's end-to-end baseline?"
+    return self.method == get_task(self.task).baseline
 
 @patch
-def to_dict(self:Job) -> dict: return json.loads(json.dumps({**dataclasses.asdict(self), 'options': self.options.to_dict()}))
+def to_dict(self:Job) -> dict:
+    return json.loads(json.dumps({**dataclasses.asdict(self), 'options': self.options.to_dict()}))
 
+# %% ../../nbs/20_jobs.ipynb #7bf0f781
 @patch(cls_method=True)
 def from_dict(cls:Job, d:dict):
     "A Job from its JSON form (also the older layout: `eval`/`profile` beside `options`, `iterations`, `schedule`)."
@@ -122,6 +136,8 @@ def from_dict(cls:Job, d:dict):
 def to_json(self:Job) -> str: return json.dumps(self.to_dict())
 @patch(cls_method=True)
 def from_json(cls:Job, s:str): return cls.from_dict(json.loads(s))
+
+# %% ../../nbs/20_jobs.ipynb #7504ef63
 @patch
 def replace(self:Job, **changes): return dataclasses.replace(self, **changes)
 @patch
@@ -129,7 +145,7 @@ def with_options(self:Job, **changes) -> Job:
     "This job with some options changed (validated by the task's Options)."
     return self.replace(options=self.options.from_dict({**self.options.to_dict(), **changes}, f'task {self.task}'))
 
-# %% ../../nbs/20_jobs.ipynb #6a387631
+# %% ../../nbs/20_jobs.ipynb #1f1b1933
 base_iterations = baseline_iterations_of   # (tasks): `baseline_iterations`, or epochs × n_train / batch_size rounded up
 
 def budget(job:Job,         # the run
@@ -140,30 +156,37 @@ def budget(job:Job,         # the run
     base = base_iterations(job, n_train)
     warm = min(round(job.warmup_fraction * base), base - 1)
     cfg = TrainConfig(iterations=base, warmup=warm, batch_size=job.batch_size, lr=job.lr, lr_schedule=job.lr_schedule,
-                      weight_decay=job.weight_decay, grad_clip=job.grad_clip, ema=job.ema, block_schedule=job.block_schedule, seed=job.seed,
+                      weight_decay=job.weight_decay, grad_clip=job.grad_clip, ema=job.ema,
+                      block_schedule=job.block_schedule, seed=job.seed,
                       save_every=min(job.save_every, base * (job.blocks if job.blockwise else 1)), threads=job.threads,
                       **{'precision': 'bf16', **job.options.train_overrides(), **train})
     return scale_budget(cfg, job.blocks) if job.blockwise else cfg
 
-# %% ../../nbs/20_jobs.ipynb #38635d3a
+# %% ../../nbs/20_jobs.ipynb #5b3947ab
 def make_job(preset:str,            # a PRESETS key
              method:str=None,       # another method of the preset's task
              baseline:bool=False,   # the task's end-to-end baseline (B = 1)
-             **overrides,           # Job fields: data, blocks, baseline_iterations, seed, lr, ...; an options dict is merged
+             # Job fields: data, blocks, baseline_iterations, seed, lr, ...; an options dict is merged
+             **overrides,
             ) -> Job:
     "A preset's Job with overrides (one-line ConfigError on an unknown preset, method or bad value)."
     load_tasks()
-    if not isinstance(preset, str) or not preset.strip(): raise ConfigError(f"a preset name is needed; `diffusionblocks presets` lists them")
-    if preset not in PRESETS: raise ConfigError(f"unknown preset {preset!r}; `diffusionblocks presets` lists them: {', '.join(PRESETS)}")
+    if not isinstance(preset, str) or not preset.strip():
+        raise ConfigError(f"a preset name is needed; `diffusionblocks presets` lists them")
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown preset {preset!r}; `diffusionblocks presets` lists them: {', '.join(PRESETS)}")
     p = PRESETS[preset]
     d, task = dict(p.job), get_task(p.task)
     for old, new in LEGACY_FIELDS.items():
         if old in overrides: overrides[new] = overrides.pop(old)
-    if overrides.get('eval') is not None: overrides['options'] = {**overrides.pop('eval'), **(overrides.get('options') or {})}   # the older spelling
+    if overrides.get('eval') is not None:   # the older spelling
+        overrides['options'] = {**overrides.pop('eval'), **(overrides.get('options') or {})}
     overrides.pop('eval', None)
     if baseline:
         if task.baseline is None: raise ConfigError(f"task {task.name} has no end-to-end baseline")
-        if method not in (None, task.baseline): raise ConfigError(f"--baseline is the end-to-end method {task.baseline}; it cannot be combined with --method {method}")
+        if method not in (None, task.baseline):
+            raise ConfigError(f"--baseline is the end-to-end method {task.baseline}; it cannot be combined with "
+                              f"--method {method}")
         method = task.baseline
     if method is not None: d.update(p.method_overrides.get(method, {}), method=method)
     if d.get('method') is not None and d['method'] == task.baseline: d['blocks'], d['split'] = 1, None
@@ -174,23 +197,29 @@ def make_job(preset:str,            # a PRESETS key
         raise ConfigError(f"the end-to-end baseline has one block; got --blocks {d['blocks']}")
     return Job.from_dict(d)
 
-# %% ../../nbs/20_jobs.ipynb #cac2514e
-RUN_FILES = ('config.json', 'metrics.json', 'metrics.jsonl', 'samples.png', 'samples.txt', 'tokenizer.json', 'checkpoint', 'tb', '.lock')
+# %% ../../nbs/20_jobs.ipynb #6ba60dbe
+RUN_FILES = ('config.json', 'metrics.json', 'metrics.jsonl', 'samples.png', 'samples.txt', 'tokenizer.json',
+             'checkpoint', 'tb', '.lock')
 
 def check_out_dir(path) -> Path:
-    "Refuse (one-line ConfigError) an output folder whose name is too long, that is a file, lies under a file, is not writable, or holds anything."
+    """Refuse (one-line ConfigError) an output folder whose name is too long, that is a file, lies under a file, is
+    not writable, or holds anything."""
     p = check_path(path, '--out')
     for a in [p, *p.parents]:
         if a.exists() and not a.is_dir(): raise ConfigError(f"--out {path}: {a} is a file, not a folder")
         if a.exists(): break
     if p.is_dir():
-        if (p / 'config.json').exists(): raise ConfigError(f"{path} already holds a run: pass --resume {path}, or another --out")
+        if (p / 'config.json').exists():
+            raise ConfigError(f"{path} already holds a run: pass --resume {path}, or another --out")
         other = sorted(e.name for e in p.iterdir() if e.name not in ('.lock',))
-        if other: raise ConfigError(f"--out {path} exists and is not an empty folder (it holds {other[0]!r}); choose a new folder")
+        if other:
+            raise ConfigError(f"--out {path} exists and is not an empty folder (it holds {other[0]!r}); choose a new "
+                              "folder")
     base = next(a for a in [p, *p.parents] if a.exists())
     if not os.access(base, os.W_OK | os.X_OK): raise ConfigError(f"--out {path}: {base} is not writable")
     return p
 
+# %% ../../nbs/20_jobs.ipynb #b55ddeda
 def default_out(job:Job) -> Path:
     "runs/<preset>-<arm>-<time>: the arm is 'baseline', or the method and its B."
     task = get_task(job.task)
@@ -206,28 +235,36 @@ def hardware(device) -> str:
     "A one-line description of the compute device."
     dev = torch.device(device)
     if dev.type == 'cuda': return f"{torch.cuda.get_device_name(dev)} (torch {torch.__version__})"
-    return f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} thread(s) (torch {torch.__version__})"
+    return (f"CPU {platform.processor() or platform.machine()}, "
+            f"{torch.get_num_threads()} thread(s) (torch {torch.__version__})")
 
+# %% ../../nbs/20_jobs.ipynb #a4bc94c1
 def check_device(device) -> torch.device:
     "The compute device, refusing (one line) a malformed name or a device this machine lacks."
     if device is None: return default_device()
     try: dev = torch.device(device)
-    except (RuntimeError, TypeError, ValueError): raise ConfigError(f"--device {device!r} is not a device name (use cpu, cuda or cuda:N)") from None
+    except (RuntimeError, TypeError, ValueError): raise ConfigError(f"--device {device!r} is not a device name (use "
+                                                                    "cpu, cuda or cuda:N)") from None
     if dev.type == 'cuda':
         if not torch.cuda.is_available(): raise ConfigError(f"--device {device}: CUDA is not available on this machine")
-        if dev.index is not None and dev.index >= torch.cuda.device_count(): raise ConfigError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-    elif dev.type not in ('cpu', 'mps'): raise ConfigError(f"--device {device}: unsupported device type {dev.type!r} (use cpu or cuda)")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ConfigError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif dev.type not in ('cpu', 'mps'): raise ConfigError(f"--device {device}: unsupported device type {dev.type!r} "
+                                                           "(use cpu or cuda)")
     return dev
 
-# %% ../../nbs/20_jobs.ipynb #ad9d9ae9
+# %% ../../nbs/20_jobs.ipynb #44d5a946
 def build_model(job:Job, data:TaskData):
-    "The job's model, seeded; a configuration the architecture rejects (ValueError: e.g. B > L) is a one-line ConfigError."
+    """The job's model, seeded; a configuration the architecture rejects (ValueError: e.g. B > L) is a one-line
+    ConfigError."""
     torch.manual_seed(job.seed)
     try: return get_task(job.task).build(job, data)
     except ConfigError: raise
-    except ValueError as e: raise ConfigError(f"preset {job.preset} with method {job.method}, B={job.blocks}: {e}") from None
+    except ValueError as e: raise ConfigError(f"preset {job.preset} with method {job.method}, B={job.blocks}: "
+                                              f"{e}") from None
 
-PARALLEL = ('blocks',)   # `train --parallel`: under torchrun, ranks own blocks (data-parallel groups when ranks > blocks)
+# `train --parallel`: under torchrun, ranks own blocks (data-parallel groups when ranks > blocks)
+PARALLEL = ('blocks',)
 
 def _is_rank0(parallel) -> bool: return not parallel or _parallel.dist.get_rank() == 0
 
@@ -236,26 +273,35 @@ def _run_lock(run_dir, parallel):
     from contextlib import nullcontext
     return RunDir(run_dir).lock() if _is_rank0(parallel) else nullcontext()
 
+# %% ../../nbs/20_jobs.ipynb #462a3d9f
 def _check_residency(residency, parallel=None):
-    "A run's residency (None: the engine's default, 'all'), refused in one line when unknown or combined with --parallel."
+    """A run's residency (None: the engine's default, 'all'), refused in one line when unknown or combined with
+    --parallel."""
     from diffusionblocks.train import RESIDENCIES
     if residency is None: return None
-    if residency not in RESIDENCIES: raise ConfigError(f"--residency must be one of {', '.join(RESIDENCIES)}, got {residency!r}")
-    if parallel and residency != 'all': raise ConfigError("--residency applies to one process; --parallel blocks keeps each rank's blocks on its device")
+    if residency not in RESIDENCIES:
+        raise ConfigError(f"--residency must be one of {', '.join(RESIDENCIES)}, got {residency!r}")
+    if parallel and residency != 'all':
+        raise ConfigError("--residency applies to one process; --parallel blocks keeps each rank's blocks on its "
+                          "device")
     return residency
 
 def _resident_model(job:Job, data, run_dir, dev, resume:bool, residency):
-    "(model, offload store): residency='mapped' parks inactive blocks in memory-mapped files under RUN/mapped, and a resumed run is built empty and bound to its checkpoint's files (never materialised)."
+    """(model, offload store): residency='mapped' parks inactive blocks in memory-mapped files under RUN/mapped, and
+    a resumed run is built empty and bound to its checkpoint's files (never materialised)."""
     if residency != 'mapped' or run_dir is None: return build_model(job, data), None
     import shutil
     from diffusionblocks.residency import MappedStore, empty_weights, bind_checkpoint
-    shutil.rmtree(Path(run_dir) / 'mapped', ignore_errors=True)        # an interrupted run's files: the checkpoint has everything
+    # an interrupted run's files: the checkpoint has everything
+    shutil.rmtree(Path(run_dir) / 'mapped', ignore_errors=True)
     store = MappedStore(dev, Path(run_dir) / 'mapped')
     if not (resume and RunDir(run_dir).latest() is not None): return build_model(job, data), store
     with empty_weights(): model = build_model(job, data)
     return bind_checkpoint(model, run_dir, store), store
 
-def _train_and_evaluate(job:Job, run_dir, dev, data, resume:bool, progress:bool, evaluate:bool, eval_job:Job=None, extend:bool=False, parallel:str=None,
+# %% ../../nbs/20_jobs.ipynb #21d2df40
+def _train_and_evaluate(job:Job, run_dir, dev, data, resume:bool, progress:bool, evaluate:bool, eval_job:Job=None,
+                        extend:bool=False, parallel:str=None,
                         train_blocks=None, on_open=None, residency:str=None) -> dict:
     "Train (or continue) `job`, then evaluate with `eval_job` (the same job with the user's evaluation settings)."
     task = get_task(job.task)
@@ -264,30 +310,37 @@ def _train_and_evaluate(job:Job, run_dir, dev, data, resume:bool, progress:bool,
     cfg = budget(job, len(data.train), progress=progress, **({'residency': residency} if residency else {}))
     train_set = task.train_set(job, data) if task.train_set is not None else data.train
     if task.files is not None and run_dir is not None and _is_rank0(parallel): task.files(job, data, Path(run_dir))
-    if parallel:                                  # one rank of a torchrun job: its blocks; rank 0 consolidates and evaluates
+    # one rank of a torchrun job: its blocks; rank 0 consolidates and evaluates
+    if parallel:
         if on_open is not None and _is_rank0(parallel): on_open()
-        summary = _parallel.fit_parallel(model, cfg, train_set, run_dir, batch_fn=task.batch_fn, device=dev, meta={'job': job.to_dict()},
+        summary = _parallel.fit_parallel(model, cfg, train_set, run_dir, batch_fn=task.batch_fn, device=dev,
+                                         meta={'job': job.to_dict()},
                                          resume=resume, extend=extend)
         if not _is_rank0(parallel): return None
         dev = next(model.parameters()).device
         load_weights(run_dir, model)              # every block as consolidated (this rank trained only its own)
         trainer = None
     else:
-        trainer = Trainer(model, cfg, train_set, run_dir, batch_fn=task.batch_fn, device=dev, resume=resume, meta={'job': job.to_dict()},
+        trainer = Trainer(model, cfg, train_set, run_dir, batch_fn=task.batch_fn, device=dev, resume=resume,
+                          meta={'job': job.to_dict()},
                           train_blocks=train_blocks, offload=store, **({'extend': True} if extend else {}))
         if on_open is not None: on_open()         # every check passed (the checkpoint loaded): now the run may change
         summary = trainer.fit()
-        if train_blocks is not None and len(trainer.trained) < model.num_blocks: evaluate = False   # a part: merge it with the others' first
+        # a part: merge it with the others' first
+        if train_blocks is not None and len(trainer.trained) < model.num_blocks: evaluate = False
     mem, how = peak_memory(dev)
-    metrics = dict(preset=job.preset, task=job.task, method=job.method, dataset=str(getattr(data.train, 'source', job.data)),
+    metrics = dict(preset=job.preset, task=job.task, method=job.method, dataset=str(getattr(data.train, 'source',
+                                                                                            job.data)),
                    blocks=model.num_blocks, baseline_iterations=base_iterations(job, len(data.train)),
                    iterations=summary['iterations'], steps_per_block=summary['steps'],
                    train_seconds=round(summary['train_seconds'], 2), peak_memory_bytes=int(mem), peak_memory_method=how,
-                   params=sum(p.numel() for p in model.parameters()), device=str(dev), hardware=hardware(dev), final_loss=summary['final_loss'])
+                   params=sum(p.numel() for p in model.parameters()), device=str(dev), hardware=hardware(dev),
+                   final_loss=summary['final_loss'])
     if parallel: metrics.update(parallel=parallel, world_size=summary['world'], ranks=summary['ranks'])
     if train_blocks is not None: metrics['trained_blocks'] = sorted(train_blocks)
     if evaluate:
-        if trainer is not None and trainer.offload is not None: trainer._activate(None); model.to(dev)   # every block where evaluation runs (on the CPU: the views stay)
+        # every block where evaluation runs (on the CPU: the views stay)
+        if trainer is not None and trainer.offload is not None: trainer._activate(None); model.to(dev)
         if job.ema and trainer is None: load_weights(run_dir, model, ema=True)
         elif job.ema: trainer.load_ema()
         model.eval()
@@ -297,18 +350,23 @@ def _train_and_evaluate(job:Job, run_dir, dev, data, resume:bool, progress:bool,
             metrics['samples'] = str(task.sample(model, ej, data, Path(run_dir) / task.sample_file, None, 0, dev))
     if residency: metrics['residency'] = residency
     if run_dir is not None: atomic_write(Path(run_dir) / 'metrics.json', json.dumps(metrics, indent=1).encode())
-    if store is not None: import shutil; shutil.rmtree(store.root, ignore_errors=True)   # the checkpoint holds everything
+    # the checkpoint holds everything
+    if store is not None: import shutil; shutil.rmtree(store.root, ignore_errors=True)
     return metrics | ({'run_dir': str(run_dir)} if run_dir is not None else {})
 
+# %% ../../nbs/20_jobs.ipynb #1c81df3a
 def eval_job(job:Job, settings:dict=None) -> Job:
-    "The job with the user's evaluation settings on top: each must be an evaluation option of its task (`option(eval=True)`)."
+    """The job with the user's evaluation settings on top: each must be an evaluation option of its task
+    (`option(eval=True)`)."""
     settings = {k: v for k, v in (settings or {}).items() if v is not None}
     allowed = job.options.eval_names()
     wrong = sorted(set(settings) - set(allowed))
-    if wrong: raise ConfigError(f"{wrong[0]!r} is not an evaluation setting of task {job.task} (it has: {', '.join(allowed) or 'none'})")
+    if wrong:
+        raise ConfigError(f"{wrong[0]!r} is not an evaluation setting of task {job.task} (it has: "
+                          f"{', '.join(allowed) or 'none'})")
     return job.with_options(**settings) if settings else job
 
-# %% ../../nbs/20_jobs.ipynb #d6053508
+# %% ../../nbs/20_jobs.ipynb #ea4e170a
 def run_job(job,                   # a Job or a preset name
             out=None,              # run directory (default runs/<preset>-<arm>-<time>); must be new or empty
             device=None,           # default: CUDA when available
@@ -318,8 +376,11 @@ def run_job(job,                   # a Job or a preset name
             write:bool=True,       # write a run directory (False: train and evaluate in memory)
             eval_settings:dict=None, # evaluation settings on top of the job's (e.g. n_eval=100)
             parallel:str=None,     # 'blocks': one rank of a torchrun job (see the parallel notebook); None: one process
-            train_blocks=None,     # train only these blocks (e.g. [0, 2] on one machine); merge the parts with `merge`; not evaluated
-            residency:str=None,    # inactive blocks: 'all' on the device (default), 'active' (host memory), 'mapped' (memory-mapped files under RUN/mapped)
+            # train only these blocks (e.g. [0, 2] on one machine); merge the parts with `merge`; not evaluated
+            train_blocks=None,
+            # inactive blocks: 'all' on the device (default), 'active' (host memory),
+            # 'mapped' (memory-mapped files under RUN/mapped)
+            residency:str=None,
            ) -> dict:              # metrics.json's content (+ run_dir); None on ranks other than 0
     "Build → train → evaluate → write the run directory of a new run."
     job = make_job(job) if isinstance(job, str) else job
@@ -334,86 +395,113 @@ def run_job(job,                   # a Job or a preset name
         check_out_dir(run_dir)
         try: run_dir.mkdir(parents=True, exist_ok=True)
         except OSError as e: raise ConfigError(f"--out {run_dir}: cannot create it ({e.strerror})") from None
-    if parallel: _parallel.dist.barrier()                        # the other ranks start once rank 0 has checked the folder
+    # the other ranks start once rank 0 has checked the folder
+    if parallel: _parallel.dist.barrier()
     with _run_lock(run_dir, parallel):
         if _is_rank0(parallel): check_out_dir(run_dir)           # another writer may have started it meanwhile
-        return _train_and_evaluate(job, run_dir, dev, data, False, progress, evaluate, ej, parallel=parallel, train_blocks=train_blocks, residency=residency)
+        return _train_and_evaluate(job, run_dir, dev, data, False, progress, evaluate, ej, parallel=parallel,
+                                   train_blocks=train_blocks, residency=residency)
 
+# %% ../../nbs/20_jobs.ipynb #2fc8de17
 def _check_train_blocks(job:Job, train_blocks, parallel=None):
     "The blocks a run trains (None: all), validated against the job's B."
     if train_blocks is None: return None
     tb = sorted(set(train_blocks))
-    if not job.blockwise: raise ConfigError(f"--train-blocks applies to block-wise methods; method {job.method} of task {job.task} trains as one")
+    if not job.blockwise:
+        raise ConfigError(f"--train-blocks applies to block-wise methods; method {job.method} of task {job.task} "
+                          "trains as one")
     if parallel: raise ConfigError("--train-blocks and --parallel blocks both choose the blocks: give one")
-    if not tb or any(not _isint(k) or not 0 <= k < job.blocks for k in tb): raise ConfigError(f"--train-blocks must name blocks in 0..{job.blocks - 1}, got {list(train_blocks)}")
+    if not tb or any(not _isint(k) or not 0 <= k < job.blocks for k in tb):
+        raise ConfigError(f"--train-blocks must name blocks in 0..{job.blocks - 1}, got {list(train_blocks)}")
     return tb
 
 def _check_parallel(job:Job, parallel, write:bool=True):
     "Refuse a parallel mode that does not apply; start the process group (torchrun) when it does."
     if parallel is None: return
     if parallel not in PARALLEL: raise ConfigError(f"--parallel must be one of {', '.join(PARALLEL)}, got {parallel!r}")
-    if not job.blockwise: raise ConfigError(f"--parallel blocks trains blocks on separate ranks; method {job.method} of task {job.task} is not block-wise")
+    if not job.blockwise:
+        raise ConfigError(f"--parallel blocks trains blocks on separate ranks; method {job.method} of task {job.task} "
+                          "is not block-wise")
     if not write: raise ConfigError("--parallel blocks needs a run directory (its ranks meet there)")
     _parallel.init_distributed()
 
-# %% ../../nbs/20_jobs.ipynb #cf3cf871
+# %% ../../nbs/20_jobs.ipynb #77a55f42
 def read_run(run_dir) -> Job:
     "The Job of a run directory (one-line CheckpointError if it is not one of ours)."
     p = Path(run_dir)
     if not p.is_dir(): raise CheckpointError(f"{run_dir} is not a run directory (no such folder)")
     try: cfg = RunDir(p).read_config()
-    except (ValueError, OSError) as e: raise CheckpointError(f"{p / 'config.json'} is unreadable ({type(e).__name__}: {e})") from None
-    if not isinstance(cfg, dict) or 'job' not in cfg: raise CheckpointError(f"{run_dir} is not a run directory of `diffusionblocks train` (no config.json with a job)")
+    except (ValueError, OSError) as e: raise CheckpointError(f"{p / 'config.json'} is unreadable ({type(e).__name__}: "
+                                                             f"{e})") from None
+    if not isinstance(cfg, dict) or 'job' not in cfg:
+        raise CheckpointError(f"{run_dir} is not a run directory of `diffusionblocks train` (no config.json with a "
+                              "job)")
     try: return Job.from_dict(cfg['job'])
-    except (ConfigError, TypeError) as e: raise CheckpointError(f"{p / 'config.json'} holds an invalid job: {e}") from None
+    except (ConfigError, TypeError) as e: raise CheckpointError(f"{p / 'config.json'} holds an invalid job: "
+                                                                f"{e}") from None
 
 RESUMABLE = ('baseline_iterations',)     # job fields a resume may change (besides evaluation settings)
 
+# %% ../../nbs/20_jobs.ipynb #07a684da
 def resume_run(run_dir,                # a run directory written by `run_job`
                device=None,
-               baseline_iterations:int=None,  # a longer baseline budget (optimizer steps; block-wise methods train B× as many)
+               # a longer baseline budget (optimizer steps; block-wise methods train B× as many)
+               baseline_iterations:int=None,
                changes:dict=None,      # other job fields the caller asked to change: refused unless equal to the run's
                progress:bool=True,
                evaluate:bool=True,
                overwrite:bool=False,   # evaluate a finished run again, replacing its metrics.json / samples
                eval_settings:dict=None,
-               parallel:str=None,      # 'blocks': one rank of a torchrun job (any number of ranks, whatever the earlier launches had)
-               residency:str=None,     # 'all', 'active' or 'mapped' (built empty, bound to the checkpoint's files): results do not depend on it
+               # 'blocks': one rank of a torchrun job (any number of ranks, whatever the earlier launches had)
+               parallel:str=None,
+               # 'all', 'active' or 'mapped' (built empty, bound to the checkpoint's files): results do not depend on it
+               residency:str=None,
               ) -> dict:
-    "Continue a run from its last complete checkpoint (or from 0 if it has none), then evaluate; refuses changes that alter its results."
+    """Continue a run from its last complete checkpoint (or from 0 if it has none), then evaluate; refuses changes
+    that alter its results."""
     job, run_dir = read_run(run_dir), Path(run_dir)
     residency = _check_residency(residency, parallel)
     _check_parallel(job, parallel)
     dev = check_device(device)
     for p in (run_dir, run_dir / 'checkpoint'):
-        if p.exists() and not os.access(p, os.W_OK | os.X_OK): raise ConfigError(f"cannot resume {run_dir}: {p} is not writable")
+        if p.exists() and not os.access(p, os.W_OK | os.X_OK):
+            raise ConfigError(f"cannot resume {run_dir}: {p} is not writable")
     for k, v in (changes or {}).items():
         if v is None: continue
         have = getattr(job, k, None) if k != 'baseline' else job.is_baseline
-        if v != have: raise ConfigError(f"--resume cannot change {k} (the run has {have!r}, asked {v!r}); start a new run with --out")
+        if v != have:
+            raise ConfigError(f"--resume cannot change {k} (the run has {have!r}, asked {v!r}); start a new run with "
+                              "--out")
     ej = eval_job(job, eval_settings)
     extend, its = False, baseline_iterations
     if its is not None:
-        if not (_isint(its) and its >= 1): raise ConfigError(f"--baseline-iterations must be an integer >= 1, got {its!r}")
+        if not (_isint(its) and its >= 1):
+            raise ConfigError(f"--baseline-iterations must be an integer >= 1, got {its!r}")
         if job.baseline_iterations is None or its < job.baseline_iterations:
             have = job.baseline_iterations or 'an epoch budget'
-            if job.baseline_iterations != its: raise ConfigError(f"--resume can only lengthen the budget: the run has baseline_iterations={have}, asked {its}")
+            if job.baseline_iterations != its:
+                raise ConfigError(f"--resume can only lengthen the budget: the run has baseline_iterations={have}, "
+                                  f"asked {its}")
         extend = its != job.baseline_iterations
         job = job.replace(baseline_iterations=its, epochs=None); ej = ej.replace(baseline_iterations=its, epochs=None)
     finished = (run_dir / 'metrics.json').exists()
     if finished and not extend and not overwrite:
-        raise ConfigError(f"{run_dir} is a finished run; its results stay: pass --overwrite to evaluate it again, or --baseline-iterations N to train longer")
+        raise ConfigError(f"{run_dir} is a finished run; its results stay: pass --overwrite to evaluate it again, or "
+                          "--baseline-iterations N to train longer")
     saved = (RunDir(run_dir).read_config() or {}).get('train') or {}
-    train_blocks = None if parallel else TrainConfig.legacy(saved).get('train_blocks')   # a part keeps training its own blocks
-    def record():                                                     # the longer budget, once the checkpoint has loaded
+    # a part keeps training its own blocks
+    train_blocks = None if parallel else TrainConfig.legacy(saved).get('train_blocks')
+    # the longer budget, once the checkpoint has loaded
+    def record():
         cfg = RunDir(run_dir).read_config(); cfg['job'] = job.to_dict()
         atomic_write(run_dir / 'config.json', json.dumps(cfg, indent=1))
     with _run_lock(run_dir, parallel):
         if parallel: _parallel.dist.barrier()
-        return _train_and_evaluate(job, run_dir, dev, None, True, progress, evaluate, ej, extend=extend, parallel=parallel,
+        return _train_and_evaluate(job, run_dir, dev, None, True, progress, evaluate, ej, extend=extend,
+                                   parallel=parallel,
                                    train_blocks=train_blocks, on_open=record if extend else None, residency=residency)
 
-# %% ../../nbs/20_jobs.ipynb #685df9fd
+# %% ../../nbs/20_jobs.ipynb #e22ae0d6
 def read_metrics(run_dir) -> dict:
     "A finished run's metrics.json (read bounded; one-line CheckpointError when it is not a JSON object)."
     p = Path(run_dir) / 'metrics.json'
@@ -432,13 +520,14 @@ def load_run(run_dir, device=None, ema:bool=True) -> tuple:
     load_weights(run_dir, model, ema=ema and bool(job.ema))
     return model.eval(), job, data
 
+# %% ../../nbs/20_jobs.ipynb #1104d73d
 def evaluate_run(run_dir, device=None, **settings) -> dict:
     "Re-measure a run's metrics with its job's evaluation settings (or the ones given); writes nothing."
     model, job, data = load_run(run_dir, device)
     ej = eval_job(job, settings)
     with torch.no_grad(): return get_task(job.task).evaluate(model, ej, data, next(model.parameters()).device)
 
-# %% ../../nbs/20_jobs.ipynb #414e1abc
+# %% ../../nbs/20_jobs.ipynb #b34d6d42
 def init_run(job:Job, out, model, n_train:int, meta:dict=None) -> Path:
     "Write a new run directory holding `model` as its iteration-0 checkpoint (no training); `resume_run` trains it."
     out = check_out_dir(out)
@@ -446,10 +535,11 @@ def init_run(job:Job, out, model, n_train:int, meta:dict=None) -> Path:
     except OSError as e: raise ConfigError(f"--out {out}: cannot create it ({e.strerror})") from None
     with RunDir(out).lock():
         check_out_dir(out)
-        Trainer(model, budget(job, n_train), run_dir=out, device='cpu', meta={'job': job.to_dict(), **(meta or {})}).save()
+        Trainer(model, budget(job, n_train), run_dir=out, device='cpu', meta={'job': job.to_dict(),
+                                                                              **(meta or {})}).save()
     return out
 
-# %% ../../nbs/20_jobs.ipynb #6633aea4
+# %% ../../nbs/20_jobs.ipynb #ecb6fd85
 def run_jobs(jobs:dict,            # {arm name: Job}
              out_root,             # each arm's run directory is out_root/<name>
              processes:int=2,      # processes at a time
@@ -460,18 +550,22 @@ def run_jobs(jobs:dict,            # {arm name: Job}
     "Run several jobs as separate processes, `processes` at a time; return their metrics by name."
     import subprocess
     code = ("import json, sys; import diffusionblocks.jobs.core as jc; "
-            "jc.run_job(jc.Job.from_json(sys.argv[1]), out=sys.argv[2], device=json.loads(sys.argv[3]), progress=False, eval_settings=json.loads(sys.argv[4]))")
+            "jc.run_job(jc.Job.from_json(sys.argv[1]), out=sys.argv[2], device=json.loads(sys.argv[3]), "
+            "progress=False, eval_settings=json.loads(sys.argv[4]))")
     env = {**os.environ, 'OMP_NUM_THREADS': str(threads)}
     todo, running, out = list(jobs), {}, {}
     while todo or running:
         while todo and len(running) < processes:
             n = todo.pop(0)
-            running[n] = subprocess.Popen([sys.executable, '-c', code, jobs[n].to_json(), str(Path(out_root) / n), json.dumps(device),
-                                           json.dumps(eval_settings or {})], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            running[n] = subprocess.Popen([sys.executable, '-c', code, jobs[n].to_json(), str(Path(out_root) / n),
+                                           json.dumps(device),
+                                           json.dumps(eval_settings or {})], env=env, stdout=subprocess.DEVNULL,
+                                           stderr=subprocess.PIPE, text=True)
         for n, p in list(running.items()):
             if p.poll() is None: continue
             err = p.stderr.read(); del running[n]
-            if p.returncode: raise RuntimeError(f'arm {n} failed: {err.strip().splitlines()[-1] if err.strip() else p.returncode}')
+            if p.returncode:
+                raise RuntimeError(f'arm {n} failed: {err.strip().splitlines()[-1] if err.strip() else p.returncode}')
             out[n] = read_metrics(Path(out_root) / n)
         time.sleep(1)
     return {n: out[n] for n in jobs}
