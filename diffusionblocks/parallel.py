@@ -5,24 +5,27 @@
 # %% auto #0
 __all__ = ['merge_runs', 'block_layout', 'BlockSync', 'init_distributed', 'consolidate', 'fit_parallel']
 
-# %% ../nbs/08a_parallel.ipynb #801a1eb8
+# %% ../nbs/08a_parallel.ipynb #c1d337d2
 import os, sys, json, shutil, datetime, dataclasses
 from pathlib import Path
 import torch
 import torch.distributed as dist
 from .errors import DiffusionBlocksError, CheckpointError, ConfigError
-from .checkpoint import (RunDir, block_file, SHARED_FILE, read_file, find_checkpoint, save_checkpoint, check_fingerprint,
-                                        fingerprint, latest_checkpoint)
+from .checkpoint import (RunDir, block_file, SHARED_FILE, read_file, find_checkpoint, save_checkpoint,
+                                        check_fingerprint, fingerprint, latest_checkpoint)
 from .train import Trainer, TrainConfig, RESUME_FREE, FORMAT, block_budget, _seed
 
-# %% ../nbs/08a_parallel.ipynb #940931e1
+# %% ../nbs/08a_parallel.ipynb #fdfe7c1a
 def _latest(run:RunDir) -> tuple:
     "(state, checkpoint dir) of a run's newest valid checkpoint; one-line CheckpointError when it has none."
     state, d = find_checkpoint(run.checkpoints, require=('fingerprint', 'config', 'steps', 'blocks'))
     if d is None: raise CheckpointError(f"{run.path} has no checkpoint to merge")
-    if state.get('format', 1) < FORMAT: raise CheckpointError(f"checkpoint {d} was written by an older engine (format {state.get('format', 1)}): retrain it to merge")
+    if state.get('format', 1) < FORMAT:
+        raise CheckpointError(f"checkpoint {d} was written by an older engine (format {state.get('format', 1)}): "
+                              "retrain it to merge")
     return state, d
 
+# %% ../nbs/08a_parallel.ipynb #804a379c
 def _same_settings(a:dict, b:dict, what:str):
     "Refuse (one line) two training configs that differ in anything that changes a block's weights."
     a, b = TrainConfig.legacy(a), TrainConfig.legacy(b)
@@ -39,22 +42,26 @@ def _same_meta(a:dict, b:dict, what:str):
             if diff is not None: raise CheckpointError(f"{what}: {k}.{diff} = {x.get(diff)!r} vs {y.get(diff)!r}")
         elif x != y: raise CheckpointError(f"{what}: {k} = {x!r} vs {y!r}")
 
-# %% ../nbs/08a_parallel.ipynb #a097f79f
+# %% ../nbs/08a_parallel.ipynb #be697b88
 def merge_runs(sources,                 # run directories, each of which trained some blocks of one configuration
-               out,                     # the merged run directory: new or empty (or, with newest=True, one of the sources)
+               # the merged run directory: new or empty (or, with newest=True, one of the sources)
+               out,
                shared_from=None,        # the source whose shared parameters to take when the sources' differ
-               newest:bool=False,       # a block trained by several sources: take the one with the most steps (else refuse)
+               # a block trained by several sources: take the one with the most steps (else refuse)
+               newest:bool=False,
                complete:bool=True,      # refuse when some block was trained by no source
                keep:int=2,              # checkpoints kept in `out`
               ) -> Path:                # the merged checkpoint directory
-    "Assemble one run from runs that trained subsets of the blocks of one configuration (checked), block files as they are."
+    """Assemble one run from runs that trained subsets of the blocks of one configuration (checked), block files as
+    they are."""
     runs = [RunDir(s) for s in sources]
     if not runs: raise ConfigError("merge needs at least one run")
     for r in runs:
         if not r.path.is_dir(): raise CheckpointError(f"{r.path} is not a run directory (no such folder)")
     cfgs, latest = [r.read_config() for r in runs], [_latest(r) for r in runs]
     for r, c in zip(runs, cfgs):
-        if not isinstance(c, dict) or not isinstance(c.get('train'), dict): raise CheckpointError(f"{r.path} is not a training run (no config.json with a 'train' entry)")
+        if not isinstance(c, dict) or not isinstance(c.get('train'), dict):
+            raise CheckpointError(f"{r.path} is not a training run (no config.json with a 'train' entry)")
     (s0, d0), c0 = latest[0], cfgs[0]
     B = len(s0['steps'])
     for r, c, (s, d) in zip(runs[1:], cfgs[1:], latest[1:]):
@@ -66,14 +73,18 @@ def merge_runs(sources,                 # run directories, each of which trained
     for i, (s, d) in enumerate(latest):
         for k in s['blocks']:
             if k in owner and not newest:
-                raise CheckpointError(f"block {k} was trained by both {runs[owner[k]].path} and {runs[i].path}: merge runs that trained disjoint blocks")
+                raise CheckpointError(f"block {k} was trained by both {runs[owner[k]].path} and {runs[i].path}: merge "
+                                      "runs that trained disjoint blocks")
             if k not in owner or s['steps'][k] > latest[owner[k]][0]['steps'][k]: owner[k] = i
     missing = [k for k in range(B) if k not in owner]
-    if missing and complete: raise CheckpointError(f"block {missing[0]} was trained by none of the runs ({', '.join(str(r.path) for r in runs)})")
+    if missing and complete:
+        raise CheckpointError(f"block {missing[0]} was trained by none of the runs "
+                              f"({', '.join(str(r.path) for r in runs)})")
     # shared parameters: equal everywhere, or taken from `shared_from`
     if shared_from is not None:
         names = [Path(r.path).resolve() for r in runs]
-        if Path(shared_from).resolve() not in names: raise ConfigError(f"shared_from {shared_from} is not one of the merged runs")
+        if Path(shared_from).resolve() not in names:
+            raise ConfigError(f"shared_from {shared_from} is not one of the merged runs")
         src = names.index(Path(shared_from).resolve())
     else:
         src = 0
@@ -81,7 +92,10 @@ def merge_runs(sources,                 # run directories, each of which trained
         for r, (s, d) in zip(runs[1:], latest[1:]):
             t, _ = read_file(d / SHARED_FILE)
             bad = next((n for n in t0 if n.startswith('param.') and not torch.equal(t0[n], t[n])), None)
-            if bad: raise CheckpointError(f"shared parameter {bad[6:]} differs between {runs[0].path} and {r.path} (trained with shared='train'): pass shared_from (--shared-from RUN) to choose, or train with shared='frozen'")
+            if bad:
+                raise CheckpointError(f"shared parameter {bad[6:]} differs between {runs[0].path} and {r.path} "
+                                      "(trained with shared='train'): pass shared_from (--shared-from RUN) to choose, "
+                                      "or train with shared='frozen'")
     files = {block_file(k): read_file(latest[owner.get(k, 0)][1] / block_file(k)) for k in range(B)}
     files[SHARED_FILE] = read_file(latest[src][1] / SHARED_FILE)
     steps = [latest[owner[k]][0]['steps'][k] if k in owner else s0['steps'][k] for k in range(B)]
@@ -89,10 +103,14 @@ def merge_runs(sources,                 # run directories, each of which trained
     cfg = TrainConfig.from_dict(train)
     budget = block_budget(cfg.iterations, B)
     it = sum(steps)
-    state = dict(format=FORMAT, iteration=it, steps=steps, blocks=list(range(B)), shared_steps=latest[src][0].get('shared_steps', it),
+    state = dict(format=FORMAT, iteration=it, steps=steps, blocks=list(range(B)),
+                 shared_steps=latest[src][0].get('shared_steps', it),
                  samples=it * cfg.batch_size, train_seconds=max(s.get('train_seconds', 0.) for s, _ in latest),
-                 schedule={'start': it, 'counts': [max(0, b - s) for b, s in zip(budget, steps)], 'blocks': list(range(B))},
-                 torch_rng=s0['torch_rng'], cuda_rng=None, files={**{str(k): dict(file=block_file(k), step=steps[k]) for k in range(B)}, 'shared': dict(file=SHARED_FILE)},
+                 schedule={'start': it, 'counts': [max(0, b - s) for b, s in zip(budget, steps)],
+                           'blocks': list(range(B))},
+                 torch_rng=s0['torch_rng'], cuda_rng=None,
+                 files={**{str(k): dict(file=block_file(k), step=steps[k]) for k in range(B)},
+                        'shared': dict(file=SHARED_FILE)},
                  fingerprint=s0['fingerprint'], config=train,
                  merged_from={str(k): str(runs[owner[k]].path) for k in owner})
     dst = RunDir(out)
@@ -100,24 +118,28 @@ def merge_runs(sources,                 # run directories, each of which trained
         if dst.read_config() is None: dst.write_config({**c0, 'train': train})
         elif Path(out).resolve() not in [Path(r.path).resolve() for r in runs] and dst.latest() is not None:
             raise CheckpointError(f"{out} already holds a run: merge into a new or empty folder")
-        rows = [dict(r, source=str(run.path)) for run in runs if Path(run.path).resolve() != Path(out).resolve() for r in run.metrics()]
+        rows = [dict(r, source=str(run.path)) for run in runs if Path(run.path).resolve() != Path(out).resolve()
+                for r in run.metrics()]
         dst.log(rows)
         return save_checkpoint(dst.checkpoints, f'step-{it:08d}', files, state, keep)
 
-# %% ../nbs/08a_parallel.ipynb #1785460d
+# %% ../nbs/08a_parallel.ipynb #0a4c3a7b
 def block_layout(num_blocks:int,   # B
                  world:int,        # K ranks
                 ) -> list:         # per rank: (its blocks, its group's ranks)
     "Which blocks each rank trains, and the data-parallel group it belongs to (a singleton when K ≤ B)."
-    if not (isinstance(world, int) and world >= 1): raise ConfigError(f"world size must be an integer >= 1, got {world!r}")
+    if not (isinstance(world, int) and world >= 1):
+        raise ConfigError(f"world size must be an integer >= 1, got {world!r}")
     if world <= num_blocks: return [(tuple(range(r, num_blocks, world)), (r,)) for r in range(world)]
     return [((r % num_blocks,), tuple(range(r % num_blocks, world, num_blocks))) for r in range(world)]
 
-# %% ../nbs/08a_parallel.ipynb #96f3594e
+# %% ../nbs/08a_parallel.ipynb #2c90fd21
 def _flat_reduce(tensors:list, group=None, extra=None) -> torch.Tensor:
-    "All-reduce (sum) the gradients of `tensors` (None counts as zeros) in one flat buffer, + optional extra scalars; returns the buffer."
+    """All-reduce (sum) the gradients of `tensors` (None counts as zeros) in one flat buffer, + optional extra
+    scalars; returns the buffer."""
     parts = [(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1).float() for p in tensors]
-    if extra is not None: parts.append(torch.tensor(extra, dtype=torch.float32, device=parts[0].device if parts else 'cpu'))
+    if extra is not None:
+        parts.append(torch.tensor(extra, dtype=torch.float32, device=parts[0].device if parts else 'cpu'))
     flat = torch.cat(parts)
     dist.all_reduce(flat, group=group)
     return flat
@@ -131,8 +153,10 @@ def _unflatten(tensors:list, flat:torch.Tensor, scale:float):
         else: p.grad.copy_(g)
         i += n
 
+# %% ../nbs/08a_parallel.ipynb #8bad528b
 class BlockSync:
-    "A rank's communication: mean gradients within its block's data-parallel group; lockstep all-reduce of shared gradients."
+    """A rank's communication: mean gradients within its block's data-parallel group; lockstep all-reduce of shared
+    gradients."""
     def __init__(self,
                  group=None,          # the block's process group (None: a singleton group, no traffic)
                  group_rank:int=0,    # this rank's place in the group (its rows of each batch: j, j + n, ...)
@@ -148,20 +172,25 @@ class BlockSync:
         flat = _flat_reduce(params, None, [1. if active else 0.])
         _unflatten(params, flat[:-1], 1 / max(1., flat[-1].item()))
 
-# %% ../nbs/08a_parallel.ipynb #5f07b37b
+# %% ../nbs/08a_parallel.ipynb #fdc95286
 def init_distributed(device=None, timeout_minutes:float=30.) -> tuple:
-    "(rank, world size, device) of this process: initialises the default process group from torchrun's environment (gloo on CPU, NCCL on CUDA)."
+    """(rank, world size, device) of this process: initialises the default process group from torchrun's environment
+    (gloo on CPU, NCCL on CUDA)."""
     if not dist.is_available(): raise ConfigError("torch.distributed is not available in this torch build")
     if 'RANK' not in os.environ or 'WORLD_SIZE' not in os.environ:
-        raise ConfigError("parallel training runs under torchrun: torchrun --nproc-per-node K -m diffusionblocks.cli train ... --parallel blocks")
+        raise ConfigError("parallel training runs under torchrun: torchrun --nproc-per-node K -m diffusionblocks.cli "
+                          "train ... --parallel blocks")
     dev = torch.device(device if device is not None else 'cuda' if torch.cuda.is_available() else 'cpu')
     if dev.type == 'cuda':
-        dev = torch.device('cuda', int(os.environ.get('LOCAL_RANK', 0)) if dev.index is None else dev.index); torch.cuda.set_device(dev)
+        dev = torch.device('cuda', int(os.environ.get('LOCAL_RANK', 0)) if dev.index is None else dev.index)
+        torch.cuda.set_device(dev)
     if not dist.is_initialized():
-        dist.init_process_group('nccl' if dev.type == 'cuda' else 'gloo', timeout=datetime.timedelta(minutes=timeout_minutes))
+        dist.init_process_group('nccl' if dev.type == 'cuda' else 'gloo',
+                                timeout=datetime.timedelta(minutes=timeout_minutes))
     _quiet_when_a_peer_stops()
     return dist.get_rank(), dist.get_world_size(), dev
 
+# %% ../nbs/08a_parallel.ipynb #6a980f2f
 _PEER_LOST = ('Connection closed by peer', 'Connection reset by peer', 'Broken pipe')
 
 def _peer_lost(e) -> bool:
@@ -169,7 +198,8 @@ def _peer_lost(e) -> bool:
     return isinstance(e, RuntimeError) and any(s in str(e) for s in _PEER_LOST)
 
 def _quiet_when_a_peer_stops():
-    "Make an uncaught 'another rank went away' error exit with status 2 and no traceback: the rank that stopped first says why, in its own line."
+    """Make an uncaught 'another rank went away' error exit with status 2 and no traceback: the rank that stopped
+    first says why, in its own line."""
     if getattr(sys.excepthook, '_diffusionblocks', False): return
     previous = sys.excepthook
     def hook(kind, e, tb):
@@ -182,8 +212,10 @@ def _quiet_when_a_peer_stops():
     hook._diffusionblocks = True
     sys.excepthook = hook
 
+# %% ../nbs/08a_parallel.ipynb #d7d9bae3
 def _rank0_decides(rank:int, work):
-    "Run `work` on rank 0 while the others wait; a refusal there (a DiffusionBlocksError) stops every rank: rank 0 raises it (one line), the others exit with status 2 and nothing to add."
+    """Run `work` on rank 0 while the others wait; a refusal there (a DiffusionBlocksError) stops every rank: rank 0
+    raises it (one line), the others exit with status 2 and nothing to add."""
     err = None
     if rank == 0:
         try: work()
@@ -195,15 +227,18 @@ def _rank0_decides(rank:int, work):
     dist.destroy_process_group()
     raise SystemExit(2)              # not an error of this rank: rank 0 printed the job's one line
 
+# %% ../nbs/08a_parallel.ipynb #d451b62c
 def consolidate(run_dir, complete:bool=False) -> Path:
-    "Merge the rank-local parts of a parallel run into its own checkpoint (newest state of every block); None if there is nothing."
+    """Merge the rank-local parts of a parallel run into its own checkpoint (newest state of every block); None if
+    there is nothing."""
     run = RunDir(run_dir)
-    parts = sorted(p for p in (run.path / 'parts').glob('rank-*') if RunDir(p).latest() is not None) if (run.path / 'parts').is_dir() else []
+    parts = (sorted(p for p in (run.path / 'parts').glob('rank-*') if RunDir(p).latest() is not None)
+             if (run.path / 'parts').is_dir() else [])
     if not parts: return None
     sources = ([run.path] if run.latest() is not None else []) + parts
     return merge_runs(sources, run.path, newest=True, complete=complete, shared_from=parts[0])
 
-# %% ../nbs/08a_parallel.ipynb #760839d3
+# %% ../nbs/08a_parallel.ipynb #21726361
 def fit_parallel(model,                 # the same model (same seed) on every rank
                  config:TrainConfig,    # the whole job's settings (train_blocks=None)
                  data,                  # the training data (every rank reads its blocks' streams)
@@ -223,14 +258,19 @@ def fit_parallel(model,                 # the same model (same seed) on every ra
     groups = {}
     if world > B:                                           # every rank creates every group, in the same order
         for k in range(B): groups[k] = dist.new_group(list(layout[k][1]))
-    def prepare():                                          # rank 0, while the others wait: refusals are the job's one line
+    # rank 0, while the others wait: refusals are the job's one line
+    def prepare():
         uneven = next(((bs, ms) for bs, ms in layout if len(ms) > 1 and config.batch_size % len(ms)), None)
-        if uneven: raise ConfigError(f"batch_size {config.batch_size} does not split over the {len(uneven[1])} ranks of block {uneven[0][0]}'s group (K={world}, B={B})")
-        if not resume and (run.latest() is not None or (run.path / 'parts').exists()): raise CheckpointError(f"{run.path} already holds a checkpoint: resume it, or use a new run directory")
+        if uneven:
+            raise ConfigError(f"batch_size {config.batch_size} does not split over the {len(uneven[1])} ranks of block "
+                              f"{uneven[0][0]}'s group (K={world}, B={B})")
+        if not resume and (run.latest() is not None or (run.path / 'parts').exists()):
+            raise CheckpointError(f"{run.path} already holds a checkpoint: resume it, or use a new run directory")
         full = dataclasses.replace(config, train_blocks=None).to_dict()
         saved = run.read_config()
         if saved is None: run.write_config({**(meta or {}), 'train': full, 'model': fingerprint(model)})
-        elif extend and saved.get('train') != full: run.write_config({**saved, **(meta or {}), 'train': full})   # a longer budget
+        # a longer budget
+        elif extend and saved.get('train') != full: run.write_config({**saved, **(meta or {}), 'train': full})
         consolidate(run.path)
         shutil.rmtree(run.path / 'parts', ignore_errors=True)
     _rank0_decides(rank, prepare)                           # also the barrier: the others start once rank 0 is done
@@ -238,11 +278,15 @@ def fit_parallel(model,                 # the same model (same seed) on every ra
     steps_own = sum(block_budget(config.iterations, B)[k] for k in blocks)
     total = torch.tensor([steps_own]); dist.all_reduce(total, op=dist.ReduceOp.MAX)
     sync = BlockSync(groups.get(blocks[0]), members.index(rank), len(members), int(total))
-    tr = Trainer(model, dataclasses.replace(config, train_blocks=blocks), data, part, batch_fn=batch_fn, device=dev, sync=sync, meta=meta)
+    tr = Trainer(model, dataclasses.replace(config, train_blocks=blocks), data, part, batch_fn=batch_fn, device=dev,
+                 sync=sync, meta=meta)
     if run.latest() is not None:
         tr.extend = extend; tr.resume(run.path)
-        if len(members) > 1:                                # a group member continues its own noise stream, not the consolidated one
-            k = blocks[0]; tr.gen[k].manual_seed(_seed(config.seed, 'block', k, 'member', members.index(rank), len(members), 'step', tr.steps[k]))
+        # a group member continues its own noise stream, not the consolidated one
+        if len(members) > 1:
+            k = blocks[0]
+            tr.gen[k].manual_seed(_seed(config.seed, 'block', k, 'member', members.index(rank), len(members), 'step',
+                                        tr.steps[k]))
     summary = tr.fit(callbacks=callbacks)
     summary['rank'], summary['blocks'] = rank, list(blocks)
     everyone = [None] * world
@@ -253,10 +297,13 @@ def fit_parallel(model,                 # the same model (same seed) on every ra
         state, _ = _latest(run)
         budget = block_budget(config.iterations, B)
         short = next((k for k in range(B) if state['steps'][k] < budget[k]), None)
-        if short is not None: raise CheckpointError(f"block {short} stopped at step {state['steps'][short]} of its {budget[short]}: a rank failed; resume the run")
+        if short is not None:
+            raise CheckpointError(f"block {short} stopped at step {state['steps'][short]} of its {budget[short]}: a "
+                                  "rank failed; resume the run")
         shutil.rmtree(run.path / 'parts', ignore_errors=True)
         summary = dict(summary, steps=state['steps'], iterations=state['iteration'], checkpoint=str(d), world=world,
-                       ranks=[{k: s[k] for k in ('rank', 'blocks', 'train_seconds', 'peak_memory_bytes')} for s in everyone],
+                       ranks=[{k: s[k] for k in ('rank', 'blocks', 'train_seconds', 'peak_memory_bytes')}
+                              for s in everyone],
                        train_seconds=max(s['train_seconds'] for s in everyone))
     _rank0_decides(rank, finish)                            # the others return once the job is consolidated
     return summary
