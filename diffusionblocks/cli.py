@@ -9,7 +9,7 @@ __all__ = ['finite', 'CliError', 'number', 'build_parser', 'one_line_warning', '
            'register_reproduce', 'run_reproduce', 'register_bench', 'run_bench', 'register_presets', 'run_presets',
            'register_merge', 'run_merge', 'register_partition', 'run_partition']
 
-# %% ../nbs/23_cli.ipynb #f42434e0
+# %% ../nbs/23_cli.ipynb #16b42116
 import sys, json, math, argparse, warnings
 from pathlib import Path
 from .errors import DiffusionBlocksError, ConfigError
@@ -17,14 +17,15 @@ from .noise import EDMConfig
 from .partition import Partition, SCHEMES
 import dataclasses, typing, types
 import diffusionblocks.jobs.core as runs
-from .jobs.core import (make_job, run_job, resume_run, load_run, evaluate_run, read_run, preset_rows, get_task,
+from .jobs.core import (make_job, run_job, resume_run, load_run, evaluate_run, read_run, preset_rows,
+                                       get_task,
                                        check_device, eval_job, PRESETS, load_tasks, PARALLEL)
 from .tasks import TASKS, Options
 from .parallel import merge_runs
 from .jobs import reproduce as _reproduce
 from . import bench
 
-# %% ../nbs/23_cli.ipynb #6339f76f
+# %% ../nbs/23_cli.ipynb #28e11d28
 class CliError(ConfigError): "A bad command-line value."
 
 class _Parser(argparse.ArgumentParser):
@@ -45,21 +46,26 @@ def number(kind=float,      # float or int
     parse.__name__ = kind.__name__
     return parse
 
+# %% ../nbs/23_cli.ipynb #63809a54
 finite = number   # the name the benchmarks and older notebooks use
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog='diffusionblocks', description='DiffusionBlocks: block-wise training via diffusion interpretation.')
+    p = _Parser(prog='diffusionblocks', description='DiffusionBlocks: block-wise training via diffusion '
+                                                    'interpretation.')
     sub = p.add_subparsers(dest='command', required=True, parser_class=_Parser)
-    for register in (register_train, register_sample, register_eval, register_classify, register_merge, register_reproduce, register_presets, register_partition, register_bench):
+    for register in (register_train, register_sample, register_eval, register_classify, register_merge,
+                     register_reproduce, register_presets, register_partition, register_bench):
         register(sub)
     for task in load_tasks().values():
         for name, cmd in task.commands.items(): register_command(sub, name, cmd)
     return p
 
 def one_line_warning(message, category, filename, lineno, line=None) -> str:
-    "Warnings (a checkpoint fallback, a restart from iteration 0) as one line each, without Python's source-location line."
+    """Warnings (a checkpoint fallback, a restart from iteration 0) as one line each, without Python's
+    source-location line."""
     return f"diffusionblocks: warning: {' '.join(str(message).split())}\n"
 
+# %% ../nbs/23_cli.ipynb #2bb64722
 def main(argv=None):
     "Entry point of the `diffusionblocks` command."
     warnings.formatwarning = one_line_warning
@@ -71,7 +77,7 @@ def main(argv=None):
         print(msg if msg.startswith('diffusionblocks') else f'diffusionblocks: error: {msg}', file=sys.stderr)
         return 2
 
-# %% ../nbs/23_cli.ipynb #f690a9c4
+# %% ../nbs/23_cli.ipynb #99d2c1a3
 def _fields(cls) -> dict:
     "{name: (annotation, metadata)} of an Options class."
     hints = typing.get_type_hints(cls)
@@ -79,14 +85,17 @@ def _fields(cls) -> dict:
 
 def _strip_none(tp):
     "The annotation without its `| None`."
-    if typing.get_origin(tp) in (typing.Union, types.UnionType): return next(a for a in typing.get_args(tp) if a is not type(None))
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return next(a for a in typing.get_args(tp) if a is not type(None))
     return tp
 
 def _is_list(tp) -> bool: return (typing.get_origin(_strip_none(tp)) or _strip_none(tp)) is tuple
 def _is_bool(tp) -> bool: return _strip_none(tp) is bool
 
+# %% ../nbs/23_cli.ipynb #aef844e4
 def option_flags(classes, only_eval:bool=False) -> dict:
-    "{option name: (help, is a list, is a bool, [task names])} over every task's Options (or only their evaluation settings)."
+    """{option name: (help, is a list, is a bool, [task names])} over every task's Options (or only their evaluation
+    settings)."""
     out = {}
     for task, cls in classes:
         for name, (tp, meta) in _fields(cls).items():
@@ -99,12 +108,15 @@ def add_option_flags(p, only_eval:bool=False, skip=()):
     "One flag per task option (`--seq-len`, `--sample-steps`, ...), its value read by the task's typed options later."
     flags = option_flags([(n, t.options) for n, t in load_tasks().items()], only_eval)
     g = p.add_argument_group('task options' + (' (evaluation settings)' if only_eval else ''),
-                             'each applies to the tasks named; values are checked by the task (lists: several values; JSON objects as JSON)')
+                             'each applies to the tasks named; values are checked by the task (lists: several values; '
+                             'JSON objects as JSON)')
     for name, (h, many, flag, tasks) in sorted(flags.items()):
         if name in skip: continue
         kw = dict(nargs='+') if many else dict(nargs='?', const='true') if flag else {}
-        g.add_argument(f"--{name.replace('_', '-')}", dest=f'opt_{name}', default=argparse.SUPPRESS, metavar='V', help=f"{h} [{', '.join(tasks)}]", **kw)
+        g.add_argument(f"--{name.replace('_', '-')}", dest=f'opt_{name}', default=argparse.SUPPRESS, metavar='V',
+                       help=f"{h} [{', '.join(tasks)}]", **kw)
 
+# %% ../nbs/23_cli.ipynb #37ede709
 def _value(v:str):
     try: return json.loads(v)
     except ValueError: return v
@@ -114,12 +126,15 @@ def given_options(a, cls, task:str) -> dict:
     got = {k[4:]: v for k, v in vars(a).items() if k.startswith('opt_')}
     fields = _fields(cls)
     for k in got:
-        if k not in fields: raise CliError(f"--{k.replace('_', '-')} does not apply to task {task} (its options: {', '.join(fields) or 'none'})")
+        if k not in fields:
+            raise CliError(f"--{k.replace('_', '-')} does not apply to task {task} (its options: "
+                           f"{', '.join(fields) or 'none'})")
     return {k: [_value(x) for x in v] if isinstance(v, list) else _value(v) for k, v in got.items()}
 
-# %% ../nbs/23_cli.ipynb #d410b7b1
+# %% ../nbs/23_cli.ipynb #9c48b7d5
 _JOB_FLAGS = ('config', 'method', 'baseline', 'data', 'blocks', 'overlap', 'seed')   # what a --resume may not change
 
+# %% ../nbs/23_cli.ipynb #f0e70a52
 def register_train(sub):
     from diffusionblocks.train import RESIDENCIES
     p = sub.add_parser('train', help='train (or resume) a run of any preset, then evaluate it')
@@ -127,38 +142,54 @@ def register_train(sub):
     p.add_argument('--method', help="another method of the preset's task (e.g. ff, noprop-dt)")
     p.add_argument('--baseline', action='store_true', help='the end-to-end baseline, same per-layer budget')
     p.add_argument('--data', help="data source (default: the preset's)")
-    p.add_argument('--baseline-iterations', type=number(int, 1, 10**9), help="the baseline's budget in optimizer steps (block-wise methods train B× as many)")
-    p.add_argument('--iterations', type=number(int, 1, 10**9), help=argparse.SUPPRESS)   # deprecated alias of --baseline-iterations
-    p.add_argument('--steps', type=number(int, 1, 10**9), help=argparse.SUPPRESS)        # deprecated alias of --baseline-iterations
+    p.add_argument('--baseline-iterations', type=number(int, 1, 10**9),
+                   help="the baseline's budget in optimizer steps (block-wise methods train B× as many)")
+    p.add_argument('--iterations', type=number(int, 1, 10**9),
+                   help=argparse.SUPPRESS)   # deprecated alias of --baseline-iterations
+    p.add_argument('--steps', type=number(int, 1, 10**9),
+                   help=argparse.SUPPRESS)        # deprecated alias of --baseline-iterations
     p.add_argument('--blocks', type=number(int, 1, 1024), help='number of blocks B')
-    p.add_argument('--overlap', type=number(float, 0, 10), help="overlap γ of the noise intervals (default: the preset's)")
-    p.add_argument('--option', action='append', metavar='KEY=VALUE', help="a task option (repeatable; VALUE read as JSON when it parses), the same as its flag")
+    p.add_argument('--overlap', type=number(float, 0, 10),
+                   help="overlap γ of the noise intervals (default: the preset's)")
+    p.add_argument('--option', action='append', metavar='KEY=VALUE',
+                   help="a task option (repeatable; VALUE read as JSON when it parses), the same as its flag")
     p.add_argument('--seed', type=number(int, 0, 2**62), help='seed (default 0)')
     p.add_argument('--out', help='run directory (new or empty; default runs/<preset>-<arm>-<time>)')
     p.add_argument('--resume', metavar='RUN_DIR', help='continue this run from its last checkpoint')
-    p.add_argument('--overwrite', action='store_true', help='with --resume: evaluate a finished run again, replacing its results')
+    p.add_argument('--overwrite', action='store_true',
+                   help='with --resume: evaluate a finished run again, replacing its results')
     p.add_argument('--device', help='cpu, cuda or cuda:N (default: cuda when available)')
     p.add_argument('--threads', type=number(int, 0, 1024), help='CPU threads (default 0: the engine policy)')
-    p.add_argument('--residency', choices=RESIDENCIES, help="inactive blocks: all on the device (default), active (host memory), mapped (memory-mapped files under RUN/mapped; with --resume the model is never materialised); also on --resume")
+    p.add_argument('--residency', choices=RESIDENCIES,
+                   help="inactive blocks: all on the device (default), active (host memory), mapped (memory-mapped "
+                        "files under RUN/mapped; with --resume the model is never materialised); also on --resume")
     p.add_argument('--no-eval', action='store_true', help='train only')
     p.add_argument('--quiet', action='store_true', help='no progress bar')
-    p.add_argument('--train-blocks', type=number(int, 0, 1023), nargs='+', metavar='K', help='train only these blocks (e.g. one machine\'s share); assemble the parts with `merge`')
-    p.add_argument('--parallel', choices=PARALLEL, help='under torchrun: ranks train blocks (round-robin; data-parallel groups when ranks > blocks); see the parallel notebook')
+    p.add_argument('--train-blocks', type=number(int, 0, 1023), nargs='+', metavar='K',
+                   help='train only these blocks (e.g. one machine\'s share); assemble the parts with `merge`')
+    p.add_argument('--parallel', choices=PARALLEL,
+                   help='under torchrun: ranks train blocks (round-robin; data-parallel groups when ranks > blocks); '
+                        'see the parallel notebook')
     add_option_flags(p)
     p.set_defaults(run=run_train)
 
+# %% ../nbs/23_cli.ipynb #fe37627e
 def deprecated(a, old:str, new:str, command:str):
     "The value of a deprecated alias (a note on stdout names the new spelling; both given and different: refused)."
     v_old, v_new = getattr(a, old, None), getattr(a, new, None)
     if v_old is None: return v_new
-    print(f"diffusionblocks: note: --{old.replace('_', '-')} is deprecated for {command}, use --{new.replace('_', '-')}")
-    if v_new is not None and v_new != v_old: raise CliError(f"give --{new.replace('_', '-')} or its deprecated alias --{old.replace('_', '-')}, not both")
+    print(f"diffusionblocks: note: --{old.replace('_', '-')} is deprecated for {command}, use "
+          f"--{new.replace('_', '-')}")
+    if v_new is not None and v_new != v_old:
+        raise CliError(f"give --{new.replace('_', '-')} or its deprecated alias --{old.replace('_', '-')}, not both")
     return v_old
 
 def _iterations(a):
     its = deprecated(a, 'iterations', 'baseline_iterations', 'train')
-    return deprecated(argparse.Namespace(steps=a.steps, baseline_iterations=its), 'steps', 'baseline_iterations', 'train')
+    return deprecated(argparse.Namespace(steps=a.steps, baseline_iterations=its), 'steps', 'baseline_iterations',
+                      'train')
 
+# %% ../nbs/23_cli.ipynb #f54440ee
 def parse_options(items) -> dict:
     "--option KEY=VALUE pairs as a dict (VALUE as JSON when it parses, else the string)."
     out = {}
@@ -168,18 +199,26 @@ def parse_options(items) -> dict:
         out[k.strip()] = _value(v)
     return out
 
+# %% ../nbs/23_cli.ipynb #a68ffb2c
 def run_train(a):
     iterations = _iterations(a)
-    if a.config is not None and not a.config.strip(): raise CliError("--config needs a preset name; `diffusionblocks presets` lists them")
+    if a.config is not None and not a.config.strip():
+        raise CliError("--config needs a preset name; `diffusionblocks presets` lists them")
     if a.resume is not None:
-        if a.out is not None and Path(a.out) != Path(a.resume): raise CliError('--out cannot be combined with --resume (the run directory is the resumed one)')
-        if a.option: raise CliError('--option cannot be combined with --resume (a run keeps its options); start a new run with --out')
+        if a.out is not None and Path(a.out) != Path(a.resume):
+            raise CliError('--out cannot be combined with --resume (the run directory is the resumed one)')
+        if a.option:
+            raise CliError('--option cannot be combined with --resume (a run keeps its options); start a new run with '
+                           '--out')
         if a.train_blocks: raise CliError('--train-blocks cannot be combined with --resume (a run keeps its blocks)')
-        changes = {('preset' if k == 'config' else k): getattr(a, k) for k in _JOB_FLAGS if getattr(a, k) not in (None, False)}
+        changes = {('preset' if k == 'config' else k): getattr(a, k)
+                   for k in _JOB_FLAGS if getattr(a, k) not in (None, False)}
         job = read_run(a.resume)
         settings = given_options(a, type(job.options), job.task)
         fixed = [k for k in settings if k not in job.options.eval_names()]
-        if fixed: raise CliError(f"--{fixed[0].replace('_', '-')} cannot change on --resume (a run keeps its options; evaluation settings: {', '.join(job.options.eval_names())})")
+        if fixed:
+            raise CliError(f"--{fixed[0].replace('_', '-')} cannot change on --resume (a run keeps its options; "
+                           f"evaluation settings: {', '.join(job.options.eval_names())})")
         m = resume_run(a.resume, a.device, iterations, changes, progress=not a.quiet, evaluate=not a.no_eval,
                        overwrite=a.overwrite, eval_settings=settings, parallel=a.parallel, residency=a.residency)
     else:
@@ -191,40 +230,55 @@ def run_train(a):
         opts = {**parse_options(a.option), **flags}
         job = make_job(preset, method=a.method, baseline=a.baseline, data=a.data, baseline_iterations=iterations,
                        blocks=a.blocks, overlap=a.overlap, seed=a.seed, threads=a.threads, options=opts or None)
-        m = run_job(job, a.out, a.device, progress=not a.quiet, evaluate=not a.no_eval, parallel=a.parallel, train_blocks=a.train_blocks, residency=a.residency)
+        m = run_job(job, a.out, a.device, progress=not a.quiet, evaluate=not a.no_eval, parallel=a.parallel,
+                    train_blocks=a.train_blocks, residency=a.residency)
     if m is None: return                          # a rank other than 0 of a parallel job: rank 0 reports
     task = get_task(m['task'])
     if m.get('trained_blocks') is not None and len(m['trained_blocks']) < m['blocks']:
-        print(f"run: {m['run_dir']}\ntrained blocks {m['trained_blocks']} of {m['blocks']}: assemble the parts with `diffusionblocks merge RUN ... --out RUN`"); return
-    print(f"run: {m['run_dir']}\n{task.report(m) if task.report else json.dumps(m)}" + (f"\nsamples: {m['samples']}" if m.get('samples') else ''))
+        print(f"run: {m['run_dir']}\ntrained blocks {m['trained_blocks']} of {m['blocks']}: assemble the parts with "
+              "`diffusionblocks merge RUN ... --out RUN`"); return
+    print(f"run: {m['run_dir']}\n{task.report(m) if task.report else json.dumps(m)}"
+          + (f"\nsamples: {m['samples']}" if m.get('samples') else ''))
 
-# %% ../nbs/23_cli.ipynb #796dea83
+# %% ../nbs/23_cli.ipynb #9f1e1c3c
 _SAMPLE_KINDS = {'.png': 'the sample grid is a PNG', '.txt': 'the samples are text'}
 
 def _out_sample(path, suffix:str='.png') -> Path:
-    "A writable sample file whose suffix is the task's format (`Task.sample_file`: .png for image grids, .txt for text)."
+    """A writable sample file whose suffix is the task's format (`Task.sample_file`: .png for image grids, .txt for
+    text)."""
     p = Path(path)
-    if p.is_dir() or str(path).endswith(('/', '\\')): raise CliError(f'--out {path} is a folder; give a {suffix} file name')
-    if p.suffix.lower() != suffix: raise CliError(f'--out {path}: {_SAMPLE_KINDS.get(suffix, "the samples are a " + suffix + " file")}; give a file name ending in {suffix}')
+    if p.is_dir() or str(path).endswith(('/', '\\')):
+        raise CliError(f'--out {path} is a folder; give a {suffix} file name')
+    if p.suffix.lower() != suffix:
+        raise CliError(f'--out {path}: {_SAMPLE_KINDS.get(suffix, "the samples are a " + suffix + " file")}; give a '
+                       f'file name ending in {suffix}')
     parent = p.parent if str(p.parent) else Path('.')
     if not parent.is_dir(): raise CliError(f'--out {path}: folder {parent} does not exist')
     import os
-    if not os.access(parent, os.W_OK) or (p.exists() and not os.access(p, os.W_OK)): raise CliError(f'--out {path} is not writable')
+    if not os.access(parent, os.W_OK) or (p.exists() and not os.access(p, os.W_OK)):
+        raise CliError(f'--out {path} is not writable')
     return p
 
+# %% ../nbs/23_cli.ipynb #04944fdd
 def register_sample(sub):
     p = sub.add_parser('sample', help="draw samples (an image grid, or text) from a generative run's last checkpoint")
     p.add_argument('run_dir')
-    p.add_argument('--n-samples', type=number(int, 1, 10_000), help="samples (images: classes in turn; text: sequences; default the task's)")
-    p.add_argument('--n', type=number(int, 1, 10_000), help=argparse.SUPPRESS)              # deprecated alias of --n-samples
-    p.add_argument('--steps', type=number(int, 1, 10**5), help=argparse.SUPPRESS)          # deprecated alias of --sample-steps
+    p.add_argument('--n-samples', type=number(int, 1, 10_000),
+                   help="samples (images: classes in turn; text: sequences; default the task's)")
+    p.add_argument('--n', type=number(int, 1, 10_000),
+                   help=argparse.SUPPRESS)              # deprecated alias of --n-samples
+    p.add_argument('--steps', type=number(int, 1, 10**5),
+                   help=argparse.SUPPRESS)          # deprecated alias of --sample-steps
     p.add_argument('--cfg', type=number(float, 0, 100), help=argparse.SUPPRESS)            # alias of --cfg-scale
-    p.add_argument('--out', help="the sample file, in the run's format (default RUN_DIR/samples.png, or samples.txt for text runs)")
+    p.add_argument('--out',
+                   help="the sample file, in the run's format (default RUN_DIR/samples.png, or samples.txt for text "
+                        "runs)")
     p.add_argument('--seed', type=number(int, 0, 2**62), default=0)
     p.add_argument('--device')
     add_option_flags(p, only_eval=True, skip=('n_samples',))
     p.set_defaults(run=run_sample)
 
+# %% ../nbs/23_cli.ipynb #25b04e1d
 def _settings(a, job, aliases:dict=None) -> dict:
     "Evaluation settings given as flags (and their aliases), checked against the run's task."
     got = given_options(a, type(job.options), job.task)
@@ -235,10 +289,12 @@ def _settings(a, job, aliases:dict=None) -> dict:
         got.setdefault(new, v)
     return got
 
+# %% ../nbs/23_cli.ipynb #a62a5e5d
 def run_sample(a):
     job = read_run(a.run_dir)
     task = get_task(job.task)
-    if task.sample is None: raise CliError(f"{a.run_dir} is a {job.task} run: it has nothing to sample (use `eval` or `classify`)")
+    if task.sample is None:
+        raise CliError(f"{a.run_dir} is a {job.task} run: it has nothing to sample (use `eval` or `classify`)")
     n = deprecated(a, 'n', 'n_samples', 'sample')
     a.steps = deprecated(a, 'steps', 'opt_sample_steps', 'sample') if a.steps is not None else None
     ej = eval_job(job, _settings(a, job, {'steps': 'sample_steps', 'cfg': 'cfg_scale'}))
@@ -248,10 +304,12 @@ def run_sample(a):
     model, _, data = load_run(a.run_dir, a.device)
     print(task.sample(model, ej, data, out, n, a.seed, next(model.parameters()).device))
 
+# %% ../nbs/23_cli.ipynb #782a55ec
 def register_eval(sub):
     p = sub.add_parser('eval', help="re-measure a run's metrics (prints JSON; writes nothing)")
     p.add_argument('run_dir')
-    p.add_argument('--n', help=argparse.SUPPRESS)                                           # deprecated alias of --n-eval
+    p.add_argument('--n',
+                   help=argparse.SUPPRESS)                                           # deprecated alias of --n-eval
     p.add_argument('--device')
     add_option_flags(p, only_eval=True)
     p.set_defaults(run=run_eval)
@@ -266,27 +324,33 @@ def run_eval(a):
     check_device(a.device)
     print(json.dumps(evaluate_run(a.run_dir, a.device, **settings)))
 
+# %% ../nbs/23_cli.ipynb #7e7783b6
 def register_classify(sub):
     p = sub.add_parser('classify', help="a classification run's test accuracy at given --sample-steps")
     p.add_argument('run_dir', nargs='?')
-    p.add_argument('--sample-steps', type=number(int, 1, 10**4), nargs='+', help='Euler steps (block calls = sample_steps + 1); default B − 1')
+    p.add_argument('--sample-steps', type=number(int, 1, 10**4), nargs='+',
+                   help='Euler steps (block calls = sample_steps + 1); default B − 1')
     p.add_argument('--config', help=argparse.SUPPRESS)   # the old `classify --config` trained: point to `train`
     p.add_argument('--device'); p.set_defaults(run=run_classify)
 
 def run_classify(a):
     if a.config is not None or a.run_dir is None:
-        raise CliError('classify takes a run directory; to train a classifier use `diffusionblocks train --config vit-digits [--method ff|noprop-dt|...]`')
+        raise CliError('classify takes a run directory; to train a classifier use `diffusionblocks train --config '
+                       'vit-digits [--method ff|noprop-dt|...]`')
     job = read_run(a.run_dir)
     task = get_task(job.task)
     if task.classify is None: raise CliError(f"{a.run_dir} is a {job.task} run, not a classification run")
     check_device(a.device)
     model, job, data = load_run(a.run_dir, a.device)
     import torch
-    with torch.no_grad(): res = task.classify(model, job, data, next(model.parameters()).device, sample_steps=a.sample_steps)
-    inf = getattr(job.options, 'inference', None) if job.blockwise else None       # the run's headline inference, named as in metrics.json
-    print(json.dumps({'accuracy_vs_sample_steps' if inf in (None, 'capped') else f'accuracy_vs_sample_steps_{inf}_inference': res}))
+    with torch.no_grad():
+        res = task.classify(model, job, data, next(model.parameters()).device, sample_steps=a.sample_steps)
+    # the run's headline inference, named as in metrics.json
+    inf = getattr(job.options, 'inference', None) if job.blockwise else None
+    print(json.dumps({'accuracy_vs_sample_steps' if inf in (None, 'capped')
+                      else f'accuracy_vs_sample_steps_{inf}_inference': res}))
 
-# %% ../nbs/23_cli.ipynb #90dbeea7
+# %% ../nbs/23_cli.ipynb #b4bb508d
 def register_command(sub, name:str, cmd):
     "Add a task's command to the CLI from its typed arguments."
     p = sub.add_parser(name, help=cmd.help)
@@ -294,8 +358,11 @@ def register_command(sub, name:str, cmd):
     for f, (tp, meta) in _fields(cmd.args).items():
         kw = dict(nargs='+') if _is_list(tp) else dict(nargs='?', const='true') if _is_bool(tp) else {}
         if f in pos: p.add_argument(f, help=meta.get('help'))
-        else: p.add_argument(f"--{f.replace('_', '-')}", dest=f, required=f in req, metavar='V', help=meta.get('help'), **kw)
-    if 'baseline_iterations' in _fields(cmd.args): p.add_argument('--iterations', dest='_iterations', help=argparse.SUPPRESS)   # deprecated alias
+        else: p.add_argument(f"--{f.replace('_', '-')}", dest=f, required=f in req, metavar='V', help=meta.get('help'),
+                             **kw)
+    # deprecated alias
+    if 'baseline_iterations' in _fields(cmd.args):
+        p.add_argument('--iterations', dest='_iterations', help=argparse.SUPPRESS)
     p.set_defaults(run=lambda a: _run_command(a, name, cmd))
 
 def _run_command(a, name:str, cmd):
@@ -303,19 +370,24 @@ def _run_command(a, name:str, cmd):
     if getattr(a, '_iterations', None) is not None:
         print(f"diffusionblocks: note: --iterations is deprecated for {name}, use --baseline-iterations")
         d.setdefault('baseline_iterations', a._iterations)
-    d = {k: ([_value(x) for x in v] if isinstance(v, list) else _value(v) if k not in getattr(cmd.args, 'POSITIONAL', ()) and k != 'out' else v) for k, v in d.items()}
+    d = {k: ([_value(x) for x in v] if isinstance(v, list)
+             else _value(v) if k not in getattr(cmd.args, 'POSITIONAL', ()) and k != 'out' else v)
+         for k, v in d.items()}
     print(cmd.run(cmd.args.from_dict(d, f'{name} command'), runs))
 
-# %% ../nbs/23_cli.ipynb #5d6afc0c
+# %% ../nbs/23_cli.ipynb #c6422510
 def register_reproduce(sub):
-    p = sub.add_parser('reproduce', help="run a paper table's arms and write paper vs ours (table.json, table.md, table.png)")
+    p = sub.add_parser('reproduce', help="run a paper table's arms and write paper vs ours (table.json, table.md, "
+                                         "table.png)")
     p.add_argument('table', help="the paper's table (1, 2, 6, 7, 10, ...)")
     p.add_argument('--scale', default='cpu', help="cpu | gpu-short | paper (default cpu: minutes on 2 CPU cores)")
     p.add_argument('--seeds', default='1', help='seeds per arm (default 1)')
     p.add_argument('--out', help='output folder (default runs/reproduce-<table>-<scale>)')
     p.add_argument('--device', help='cpu, cuda or cuda:N (default: cuda when available)')
-    p.add_argument('--arm', action='append', help='run only this arm (repeatable); the table is written with the finished arms')
-    p.add_argument('--baseline-iterations', help="every arm's baseline budget in optimizer steps (a quick check; default the scale's)")
+    p.add_argument('--arm', action='append',
+                   help='run only this arm (repeatable); the table is written with the finished arms')
+    p.add_argument('--baseline-iterations',
+                   help="every arm's baseline budget in optimizer steps (a quick check; default the scale's)")
     p.add_argument('--iterations', help=argparse.SUPPRESS)                                   # deprecated alias
     p.add_argument('--processes', default='1', help='fresh arms run as this many processes at a time (default 1)')
     p.set_defaults(run=run_reproduce)
@@ -324,32 +396,43 @@ def run_reproduce(a):
     its = deprecated(a, 'iterations', 'baseline_iterations', 'reproduce')
     print(_reproduce.run_command(a.table, a.scale, a.seeds, a.out, a.device, a.arm, its, a.processes))
 
-# %% ../nbs/23_cli.ipynb #33932c0d
+# %% ../nbs/23_cli.ipynb #eef41738
 def register_bench(sub):
     p = sub.add_parser('bench', help='memory, training-speed, sampling-speed and scaling benchmarks (JSON + plot)')
     p.add_argument('what', choices=['memory', 'speed', 'sample', 'scaling'])
-    p.add_argument('--procs', type=number(int, 1, 1024), nargs='+', default=[1, 2], help='scaling: numbers of torchrun ranks K to time')
+    p.add_argument('--procs', type=number(int, 1, 1024), nargs='+', default=[1, 2],
+                   help='scaling: numbers of torchrun ranks K to time')
     p.add_argument('--config', default='digits', help='scaling: preset of the block-wise job')
-    p.add_argument('--baseline-iterations', dest='iterations', type=number(int, 1, 10**7), default=100, help="scaling: the job's baseline budget")
-    p.add_argument('--iterations', dest='iterations', type=number(int, 1, 10**7), help=argparse.SUPPRESS)   # the older spelling
-    p.add_argument('--model', default='dit-s2', help="a benchmark model of a task, e.g. dit-s2 (the 12-layer DiT-S/2 at 32x32 reference), dit-tiny, mdm-small, ar-small, ar-small-plain")
-    p.add_argument('--blocks', type=number(int, 1, 1024), nargs='+', default=None, help='values of B (each divides the depth; default 1 2 3 4 6); scaling: one B (default 2)')
+    p.add_argument('--baseline-iterations', dest='iterations', type=number(int, 1, 10**7), default=100,
+                   help="scaling: the job's baseline budget")
+    p.add_argument('--iterations', dest='iterations', type=number(int, 1, 10**7),
+                   help=argparse.SUPPRESS)   # the older spelling
+    p.add_argument('--model', default='dit-s2',
+                   help="a benchmark model of a task, e.g. dit-s2 (the 12-layer DiT-S/2 at 32x32 reference), dit-tiny, "
+                        "mdm-small, ar-small, ar-small-plain")
+    p.add_argument('--blocks', type=number(int, 1, 1024), nargs='+', default=None,
+                   help='values of B (each divides the depth; default 1 2 3 4 6); scaling: one B (default 2)')
     p.add_argument('--device', default=None, choices=['cpu', 'cuda'], help='default: cuda when available')
-    p.add_argument('--batch-size', type=number(int, 1, 65536), default=None, help='training batch (default 8 on CPU, 128 on CUDA); images for sample')
-    p.add_argument('--timed-steps', type=number(int, 1, 10_000), default=None, help='measured training steps of memory/speed (default 3 CPU / 20 CUDA)')
-    p.add_argument('--sample-steps', type=number(int, 1, 100_000), default=None, help='Euler steps of `bench sample` (default 50)')
+    p.add_argument('--batch-size', type=number(int, 1, 65536), default=None,
+                   help='training batch (default 8 on CPU, 128 on CUDA); images for sample')
+    p.add_argument('--timed-steps', type=number(int, 1, 10_000), default=None,
+                   help='measured training steps of memory/speed (default 3 CPU / 20 CUDA)')
+    p.add_argument('--sample-steps', type=number(int, 1, 100_000), default=None,
+                   help='Euler steps of `bench sample` (default 50)')
     p.add_argument('--steps', type=int, default=None, help=argparse.SUPPRESS)    # deprecated alias of the two above
     p.add_argument('--checkpointing', action='store_true', help='also measure with activation checkpointing')
-    p.add_argument('--out', default='runs/bench'); p.add_argument('--json', action='store_true', help='print one JSON object')
+    p.add_argument('--out', default='runs/bench'); p.add_argument('--json', action='store_true',
+                   help='print one JSON object')
     p.set_defaults(run=run_bench)
 
+# %% ../nbs/23_cli.ipynb #daf307bb
 def run_bench(a):
     if a.device is None:
         import torch
         a.device = 'cuda' if torch.cuda.is_available() else 'cpu'
     return bench.run_command(a)
 
-# %% ../nbs/23_cli.ipynb #816ceb83
+# %% ../nbs/23_cli.ipynb #87eea7e3
 def register_presets(sub):
     p = sub.add_parser('presets', help='list the presets: name, task, scale, description')
     p.add_argument('--json', action='store_true', help='one JSON list of objects with name, task, scale, description')
@@ -361,21 +444,25 @@ def run_presets(a):
     w = max(len(r['name']) for r in rows); t = max(len(r['task']) for r in rows)
     for r in rows: print(f"{r['name']:<{w}}  {r['task']:<{t}}  {r['scale']:<3}  {r['description']}")
 
-# %% ../nbs/23_cli.ipynb #b6d76d81
+# %% ../nbs/23_cli.ipynb #ec2ca145
 def register_merge(sub):
-    p = sub.add_parser('merge', help='assemble one run from runs that trained disjoint subsets of the blocks of one configuration')
+    p = sub.add_parser('merge', help='assemble one run from runs that trained disjoint subsets of the blocks of one '
+                                     'configuration')
     p.add_argument('runs', nargs='+', metavar='RUN', help='run directories')
     p.add_argument('--out', required=True, help='the merged run directory (new or empty)')
-    p.add_argument('--shared-from', metavar='RUN', help="the run whose shared parameters to keep, when they were trained (shared='train') and differ")
+    p.add_argument('--shared-from', metavar='RUN',
+                   help="the run whose shared parameters to keep, when they were trained (shared='train') and differ")
     p.set_defaults(run=run_merge)
 
 def run_merge(a):
     out = Path(a.out)
-    if out.exists() and (not out.is_dir() or any(e.name != '.lock' for e in out.iterdir())): raise CliError(f'--out {a.out} exists and is not an empty folder')
+    if out.exists() and (not out.is_dir() or any(e.name != '.lock' for e in out.iterdir())):
+        raise CliError(f'--out {a.out} exists and is not an empty folder')
     d = merge_runs(a.runs, out, shared_from=a.shared_from)
-    print(f"merged {len(a.runs)} runs into {out} (checkpoint {d.name}); evaluate it with: diffusionblocks train --resume {out}")
+    print(f"merged {len(a.runs)} runs into {out} (checkpoint {d.name}); evaluate it with: diffusionblocks train "
+          f"--resume {out}")
 
-# %% ../nbs/23_cli.ipynb #2676fc70
+# %% ../nbs/23_cli.ipynb #2060017d
 def register_partition(sub):
     p = sub.add_parser('partition', help='print the noise partition of B blocks')
     p.add_argument('--blocks', type=number(int, 1, 1024), required=True, help='number of blocks B (1 to 1024)')
@@ -388,15 +475,19 @@ def register_partition(sub):
     p.add_argument('--json', action='store_true', help='print one JSON object')
     p.set_defaults(run=run_partition)
 
+# %% ../nbs/23_cli.ipynb #bfffcb14
 def run_partition(a):
     try: edm = EDMConfig(sigma_min=a.sigma_min, sigma_max=a.sigma_max, p_mean=a.p_mean, p_std=a.p_std)
     except ValueError as e: raise CliError(str(e)) from None
     P = Partition.make(a.blocks, a.scheme, a.overlap, edm)
     rows = P.table()
     if a.json: print(json.dumps({'blocks': rows})); return
-    print(f'{a.scheme} partition, B={a.blocks}, overlap γ={a.overlap}, ln σ ~ N({a.p_mean}, {a.p_std}²) on [{a.sigma_min}, {a.sigma_max}]')
+    print(f'{a.scheme} partition, B={a.blocks}, overlap γ={a.overlap}, ln σ ~ N({a.p_mean}, {a.p_std}²) on '
+          f'[{a.sigma_min}, {a.sigma_max}]')
     print(f'{"block":>5}  {"sigma_hi":>9}  {"sigma_lo":>9}  {"train_hi":>9}  {"train_lo":>9}  {"mass":>7}')
-    for r in rows: print(f'{r["index"]:>5}  {r["sigma_hi"]:>9.4g}  {r["sigma_lo"]:>9.4g}  {r["train_hi"]:>9.4g}  {r["train_lo"]:>9.4g}  {r["mass"]:>7.4f}')
+    for r in rows:
+        print(f'{r["index"]:>5}  {r["sigma_hi"]:>9.4g}  {r["sigma_lo"]:>9.4g}  {r["train_hi"]:>9.4g}  '
+              f'{r["train_lo"]:>9.4g}  {r["mass"]:>7.4f}')
 
-# %% ../nbs/23_cli.ipynb #d5c17eec
+# %% ../nbs/23_cli.ipynb #40a0393a
 if __name__ == '__main__': sys.exit(main())

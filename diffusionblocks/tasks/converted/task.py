@@ -7,14 +7,15 @@ __all__ = ['TASK', 'ConvertedOptions', 'options_for', 'source_kind', 'scheduler_
            'load_data', 'teacher_of', 'build', 'evaluate', 'sample', 'report', 'convert', 'ConvertArgs',
            'convert_command']
 
-# %% ../../../nbs/36_jobs_convert.ipynb #6461e6e0
+# %% ../../../nbs/36_jobs_convert.ipynb #93a6d3ac
 import json, math, shutil
 from pathlib import Path
 import torch, torch.nn.functional as F
 from torch.utils.data import Dataset
 from ...errors import ConfigError, CheckpointError, DataError
-from .convert import (even_split, regroup, freeze_shared, distill as _distill, wrap_diffusers, layers_of, check_class, sample_converted, flux_image_ids,
-                       scheduler_shift, SUPPORTED, REFUSED, _diffusers)
+from .convert import (even_split, regroup, freeze_shared, distill as _distill,
+                                                     wrap_diffusers, layers_of, check_class, sample_converted,
+                                                     flux_image_ids, scheduler_shift, SUPPORTED, REFUSED, _diffusers)
 from ...flow import FlowConfig
 from ...processes import FlowNoise
 from ...residency import real_weights
@@ -23,7 +24,7 @@ from ...data import load_images
 from ...checkpoint import load_weights, RunDir, find_checkpoint, read_bounded, LIMITS
 from .. import Task, TaskData, Options, option, Command, register_task, get_task
 
-# %% ../../../nbs/36_jobs_convert.ipynb #77c53d1a
+# %% ../../../nbs/36_jobs_convert.ipynb #e6418e46
 @dataclass(frozen=True)
 class ConvertedOptions(Options):
     "A converted diffusers model's options (a converted run of this library keeps its source task's options)."
@@ -31,48 +32,66 @@ class ConvertedOptions(Options):
     n_eval:int = option(64, 'held-out examples for the loss and the samples', eval=True, lo=1, hi=100_000)
     sample_steps:int = option(20, 'Euler steps of the sampler', eval=True, lo=1, hi=10_000)
     cfg_scale:float = option(1.0, 'guidance scale (runs of this library: their own)', eval=True, lo=0, hi=100)
-    timesteps:str = option('equal-mass', "the sampler's grid of t: the equal-mass grid, or the source scheduler's own (native; flow models)", eval=True, choices=('equal-mass', 'native'))
+    timesteps:str = option('equal-mass', "the sampler's grid of t: the equal-mass grid, or the source scheduler's own "
+                                         "(native; flow models)", eval=True, choices=('equal-mass', 'native'))
 
 def options_for(model) -> type:
-    "The options of a converted job: its source task's for a run of this library, ConvertedOptions for diffusers models."
-    if isinstance(model, dict) and model.get('kind') == 'run': return get_task(model['task']).options_type(model.get('model'))
+    """The options of a converted job: its source task's for a run of this library, ConvertedOptions for diffusers
+    models."""
+    if isinstance(model, dict) and model.get('kind') == 'run':
+        return get_task(model['task']).options_type(model.get('model'))
     return ConvertedOptions
 
+# %% ../../../nbs/36_jobs_convert.ipynb #1fac030f
 def source_kind(source) -> str:
-    "'run' (a run directory of this library), 'diffusers' (a local diffusers model or pipeline folder) or 'hub' (anything else that looks like owner/name)."
+    """'run' (a run directory of this library), 'diffusers' (a local diffusers model or pipeline folder) or 'hub'
+    (anything else that looks like owner/name)."""
     p = Path(str(source))
     if p.is_dir():
         cfg = p / 'config.json'
         if cfg.exists():
             try: d = json.loads(read_bounded(cfg, LIMITS['config'], 'config.json', ConfigError))
             except ValueError: raise ConfigError(f"{cfg} is not valid JSON") from None
-            if not isinstance(d, dict): raise ConfigError(f"{cfg} is not a JSON object, so {source} is neither a run directory nor a diffusers model folder")
+            if not isinstance(d, dict):
+                raise ConfigError(f"{cfg} is not a JSON object, so {source} is neither a run directory nor a diffusers "
+                                  "model folder")
             if 'job' in d: return 'run'
             if '_class_name' in d: return 'diffusers'
         if (p / 'transformer' / 'config.json').exists(): return 'diffusers'
         if (p / 'unet' / 'config.json').exists(): check_class('UNet2DConditionModel')
-        raise ConfigError(f"{source} is neither a run directory of this library nor a diffusers model folder (no config.json with a job or a _class_name, no transformer/)")
+        raise ConfigError(f"{source} is neither a run directory of this library nor a diffusers model folder (no "
+                          "config.json with a job or a _class_name, no transformer/)")
     if p.exists(): raise ConfigError(f"{source} is a file; give a run directory, a diffusers folder or a hub id")
     parts = str(source).split('/')
     if len(parts) == 2 and all(parts): return 'hub'
     raise ConfigError(f"{source} does not exist (a run directory, a diffusers folder, or a hub id owner/name)")
 
+# %% ../../../nbs/36_jobs_convert.ipynb #50a0b4e9
 def _diffusers_config(source):
-    "(config dict, subfolder) of a local diffusers source, or of a hub id (one-line error when the hub cannot be reached)."
+    """(config dict, subfolder) of a local diffusers source, or of a hub id (one-line error when the hub cannot be
+    reached)."""
     p = Path(str(source))
     if p.is_dir():
         sub = None if (p / 'config.json').exists() else 'transformer'
-        return json.loads(read_bounded(((p / sub) if sub else p) / 'config.json', LIMITS['config'], 'config.json', ConfigError)), sub
+        return json.loads(read_bounded(((p / sub) if sub else p) / 'config.json', LIMITS['config'], 'config.json',
+                                       ConfigError)), sub
     try:
         from huggingface_hub import hf_hub_download
-    except ImportError: raise ConfigError(f"{source}: loading from the hub needs huggingface_hub (installed with diffusers)") from None
-    for local in (True, False):                                            # the local cache first, then the hub if it answers
-        if not local and not _hub_reachable(): raise ConfigError(f"cannot load {source}: it is not a local folder, not in the hub cache, and the hub is unreachable (offline); download it and pass the folder")
+    except ImportError: raise ConfigError(f"{source}: loading from the hub needs huggingface_hub (installed with "
+                                          "diffusers)") from None
+    # the local cache first, then the hub if it answers
+    for local in (True, False):
+        if not local and not _hub_reachable():
+            raise ConfigError(f"cannot load {source}: it is not a local folder, not in the hub cache, and the hub is "
+                              "unreachable (offline); download it and pass the folder")
         for sub in (None, 'transformer'):
-            try: return json.loads(Path(hf_hub_download(str(source), 'config.json', subfolder=sub, local_files_only=local)).read_text()), sub
+            try: return json.loads(Path(hf_hub_download(str(source), 'config.json', subfolder=sub,
+                                                        local_files_only=local)).read_text()), sub
             except Exception as e: last = e
-    raise ConfigError(f"cannot load {source} from the hub ({type(last).__name__}): no diffusers transformer there") from None
+    raise ConfigError(f"cannot load {source} from the hub ({type(last).__name__}): no diffusers transformer "
+                      "there") from None
 
+# %% ../../../nbs/36_jobs_convert.ipynb #f587c616
 def _hub_reachable(timeout:float=5.) -> bool:
     "Does huggingface.co answer a TCP connection (and is the hub not switched off by HF_HUB_OFFLINE)?"
     import os, socket
@@ -80,14 +99,19 @@ def _hub_reachable(timeout:float=5.) -> bool:
     try: socket.create_connection(('huggingface.co', 443), timeout=timeout).close(); return True
     except OSError: return False
 
+# %% ../../../nbs/36_jobs_convert.ipynb #99e3d481
 def scheduler_config_of(source) -> dict:
-    "The source's scheduler config (a pipeline folder's scheduler/scheduler_config.json, or a scheduler_config.json beside the transformer), or None."
+    """The source's scheduler config (a pipeline folder's scheduler/scheduler_config.json, or a scheduler_config.json
+    beside the transformer), or None."""
     p = Path(str(source))
-    if p.is_dir(): cands = [p / 'scheduler' / 'scheduler_config.json', p / 'scheduler_config.json', p.parent / 'scheduler' / 'scheduler_config.json']
+    if p.is_dir():
+        cands = [p / 'scheduler' / 'scheduler_config.json', p / 'scheduler_config.json',
+                 p.parent / 'scheduler' / 'scheduler_config.json']
     else:
         try:
             from huggingface_hub import hf_hub_download
-            cands = [Path(hf_hub_download(str(source), 'scheduler_config.json', subfolder='scheduler', local_files_only=True))]
+            cands = [Path(hf_hub_download(str(source), 'scheduler_config.json', subfolder='scheduler',
+                                          local_files_only=True))]
         except Exception: return None                                      # not in the hub cache: no scheduler
     for f in cands:
         if f.is_file():
@@ -97,29 +121,35 @@ def scheduler_config_of(source) -> dict:
             return d
     return None
 
+# %% ../../../nbs/36_jobs_convert.ipynb #7be3139f
 def load_diffusers(source):
-    "The diffusers transformer of a local folder or hub id, refusing (one line) unsupported classes before loading weights."
+    """The diffusers transformer of a local folder or hub id, refusing (one line) unsupported classes before loading
+    weights."""
     cfg, sub = _diffusers_config(source)
     name = cfg.get('_class_name', '?')
     check_class(name)
     cls = getattr(_diffusers(), name)
     try: return cls.from_pretrained(str(source), subfolder=sub)
-    except (OSError, ValueError) as e: raise ConfigError(f"cannot load {name} from {source}: {str(e).splitlines()[0]}") from None
+    except (OSError, ValueError) as e: raise ConfigError(f"cannot load {name} from {source}: "
+                                                         f"{str(e).splitlines()[0]}") from None
 
-# %% ../../../nbs/36_jobs_convert.ipynb #0fc04d2f
+# %% ../../../nbs/36_jobs_convert.ipynb #0c3e8dda
 class CondImages(Dataset):
     "Targets with per-class conditioning, as dict items {'y': target, **cond} (the engine's default batch mapping)."
     def __init__(self, y, labels, cond:dict, classes, source, split):
-        self.y, self.labels, self.cond, self.classes, self.source, self.split = y, labels, cond, list(classes), source, split
+        self.y, self.labels, self.cond, self.classes, self.source, self.split = (y, labels, cond, list(classes),
+                                                                                  source, split)
     def __len__(self): return len(self.labels)
     def __getitem__(self, i):
         lab = self.labels[i]
-        return {'y': self.y[i], **{k: (v[lab] if torch.is_tensor(v) and v.ndim and k != 'labels' else lab) for k, v in self.cond.items()}}
+        return {'y': self.y[i], **{k: (v[lab] if torch.is_tensor(v) and v.ndim and k != 'labels' else lab) for k,
+                                   v in self.cond.items()}}
     @property
     def num_classes(self): return len(self.classes)
     @property
     def shape(self): return tuple(self.y.shape[1:])
 
+# %% ../../../nbs/36_jobs_convert.ipynb #10e30171
 def _standin(job, split):
     m = job.model; cls, cfg = m['cls'], m['config']
     img = load_images(job.data, split)                                      # (N, 1 or 3, h, w) in [-1, 1]
@@ -132,13 +162,15 @@ def _standin(job, split):
     g = torch.Generator().manual_seed(job.seed + 12345)
     K = img.num_classes
     if cls == 'DiTTransformer2DModel':
-        if cfg['num_embeds_ada_norm'] < K: raise ConfigError(f"the DiT has {cfg['num_embeds_ada_norm']} classes, the data {K}")
+        if cfg['num_embeds_ada_norm'] < K:
+            raise ConfigError(f"the DiT has {cfg['num_embeds_ada_norm']} classes, the data {K}")
         cond = {'labels': None}
     else:
         cond = {'encoder_hidden_states': torch.randn(K, 4, cfg['joint_attention_dim'], generator=g),
                 'pooled_projections': torch.randn(K, cfg['pooled_projection_dim'], generator=g)}
     return CondImages(x, labels, cond, img.classes, f'{img.source} (stand-in for {cls})', split)
 
+# %% ../../../nbs/36_jobs_convert.ipynb #2a92a494
 def load_data(job) -> TaskData:
     "A converted run's data: the source run's (through its task), or a diffusers model's stand-in task."
     if job.model['kind'] == 'run': return get_task(job.model['task']).load_data(_base_job(job))
@@ -146,18 +178,21 @@ def load_data(job) -> TaskData:
     except DataError: test = None
     return TaskData(_standin(job, 'train'), test)
 
-# %% ../../../nbs/36_jobs_convert.ipynb #e2e04ea4
+# %% ../../../nbs/36_jobs_convert.ipynb #c4cf2e35
 def _base_job(job, blocks=None):
     "The source task's job for the converted architecture (run sources): same data and options, this run's B and split."
     d = dict(job.model['source_job'])
     B = job.blocks if blocks is None else blocks
     d.pop('eval', None); d.pop('profile', None)
-    d.update(method=get_task(d['task']).methods[0], blocks=B, split=job.split if blocks is None else None, overlap=job.overlap,
+    d.update(method=get_task(d['task']).methods[0], blocks=B, split=job.split if blocks is None else None,
+             overlap=job.overlap,
              options=job.options.to_dict(), seed=job.seed, block_schedule=job.block_schedule)
-    return type(job).from_dict(d)                        # a Job of the source task (the run layer's class, not imported here)
+    # a Job of the source task (the run layer's class, not imported here)
+    return type(job).from_dict(d)
 
 def _source_model(base, data:TaskData, share:bool):
-    "The source task's block-wise model of the converted split (`share`: one shared adapter, as `--shared frozen` needs)."
+    """The source task's block-wise model of the converted split (`share`: one shared adapter, as `--shared frozen`
+    needs)."""
     return get_task(base.task).build(base.with_options(share_adapter=share) if share else base, data)
 
 def _diffusers_module(m:dict):
@@ -167,8 +202,10 @@ def _diffusers_module(m:dict):
 
 def _flow(m): return FlowConfig(**m['flow']) if m.get('flow') else None
 
+# %% ../../../nbs/36_jobs_convert.ipynb #737d0068
 def teacher_of(job, data) -> 'DiffusionBlocks':
-    "The distillation teacher: the pretrained full model as one block, from the run's own copy of its weights (materialised even when the student is built empty)."
+    """The distillation teacher: the pretrained full model as one block, from the run's own copy of its weights
+    (materialised even when the student is built empty)."""
     m = job.model
     with real_weights():
         if m['kind'] == 'run':
@@ -178,25 +215,31 @@ def teacher_of(job, data) -> 'DiffusionBlocks':
             return t
         return wrap_diffusers(getattr(_diffusers(), m['cls']).from_pretrained(m['teacher']), 1, flow=_flow(m))
 
+# %% ../../../nbs/36_jobs_convert.ipynb #2aae4358
 def build(job, data:TaskData):
-    "The converted model: B groups of the source's layers, per-block (or shared, frozen) adapters, the source's process; distillation sets its teacher."
+    """The converted model: B groups of the source's layers, per-block (or shared, frozen) adapters, the source's
+    process; distillation sets its teacher."""
     m = job.model
     frozen = m.get('shared', 'copy') == 'frozen'
     if m['kind'] == 'run': model = _source_model(_base_job(job), data, frozen)
-    else: model = wrap_diffusers(_diffusers_module(m), split=job.split, shared='copy', overlap=job.overlap, flow=_flow(m)) if not frozen else \
-                  wrap_diffusers(_diffusers_module(m), split=job.split, shared='frozen', overlap=job.overlap, flow=_flow(m))
+    else: model = wrap_diffusers(_diffusers_module(m), split=job.split, shared='copy', overlap=job.overlap,
+                                 flow=_flow(m)) if not frozen else \
+                  wrap_diffusers(_diffusers_module(m), split=job.split, shared='frozen', overlap=job.overlap,
+                                 flow=_flow(m))
     if frozen and not getattr(model, 'frozen_shared', False): freeze_shared(model)
     if job.method == 'distill': _distill(model, teacher_of(job, data))
     if m.get('lora'): _add_lora(model, m['lora'])
-    model.scheduler_config = m.get('scheduler')                          # the source's own grid: sample_converted(timesteps='native')
+    # the source's own grid: sample_converted(timesteps='native')
+    model.scheduler_config = m.get('scheduler')
     return model
 
 def _add_lora(model, spec:dict):
-    "Per-block LoRA (`diffusionblocks.tasks.converted.lora.add_lora(block, **spec)` on every block): only the low-rank adapters train, the block's base weights and adapter are frozen."
+    """Per-block LoRA (`diffusionblocks.tasks.converted.lora.add_lora(block, **spec)` on every block): only the
+    low-rank adapters train, the block's base weights and adapter are frozen."""
     from diffusionblocks.tasks.converted.lora import add_lora
     for b in model.blocks: add_lora(b, **spec)
 
-# %% ../../../nbs/36_jobs_convert.ipynb #52aab17a
+# %% ../../../nbs/36_jobs_convert.ipynb #9c4ae919
 def _eval_diffusers(model, job, data, device=None, n_eval:int=None, sample_steps:int=None) -> dict:
     o, dev = job.options, device or next(model.parameters()).device
     n, steps = n_eval or o.n_eval, sample_steps or o.sample_steps
@@ -205,80 +248,110 @@ def _eval_diffusers(model, job, data, device=None, n_eval:int=None, sample_steps
     y, cond = batch.pop('y').to(dev), {k: v.to(dev) for k, v in batch.items()}
     model.eval()
     with torch.no_grad():
-        losses = [model.loss(k, y, generator=torch.Generator(dev).manual_seed(k), **cond)[0].item() for k in range(model.num_blocks)]
+        losses = [model.loss(k, y, generator=torch.Generator(dev).manual_seed(k),
+                             **cond)[0].item() for k in range(model.num_blocks)]
         x1 = torch.randn(y.shape, generator=torch.Generator().manual_seed(job.seed)).to(dev)
         x = sample_converted(model, x1, steps, timesteps=o.timesteps, **cond)
-    return dict(eval_loss=sum(losses) / len(losses), eval_loss_per_block=losses, sample_mean=x.mean().item(), sample_std=x.std().item(),
-                data_mean=y.mean().item(), data_std=y.std().item(), n_eval=len(y), sample_steps=steps, timesteps=o.timesteps)
+    return dict(eval_loss=sum(losses) / len(losses), eval_loss_per_block=losses, sample_mean=x.mean().item(),
+                sample_std=x.std().item(),
+                data_mean=y.mean().item(), data_std=y.std().item(), n_eval=len(y), sample_steps=steps,
+                timesteps=o.timesteps)
 
 def evaluate(model, job, data, device=None) -> dict:
     if job.model['kind'] == 'run': return get_task(job.model['task']).evaluate(model, _base_job(job), data, device)
     return _eval_diffusers(model, job, data, device)
 
+# %% ../../../nbs/36_jobs_convert.ipynb #4ddaf988
 def sample(model, job, data, path, n=None, seed=0, device=None):
-    if job.model['kind'] == 'run': return get_task(job.model['task']).sample(model, _base_job(job), data, path, n, seed, device)
+    if job.model['kind'] == 'run':
+        return get_task(job.model['task']).sample(model, _base_job(job), data, path, n, seed, device)
     from torchvision.utils import save_image
     test = data.test or data.train
     n = n or min(20, len(test))
     batch = torch.utils.data.default_collate([test[i] for i in range(n)])
     y, dev = batch.pop('y'), next(model.parameters()).device
-    with torch.no_grad(): x = sample_converted(model, torch.randn(y.shape, generator=torch.Generator().manual_seed(seed)).to(dev), job.options.sample_steps, timesteps=job.options.timesteps, **{k: v.to(dev) for k, v in batch.items()})
-    if x.ndim == 3: s = math.isqrt(x.shape[1]); x = x.transpose(1, 2).reshape(x.shape[0], -1, s, s)   # Flux tokens back to a grid
+    with torch.no_grad():
+        x = sample_converted(model, torch.randn(y.shape, generator=torch.Generator().manual_seed(seed)).to(dev),
+                             job.options.sample_steps, timesteps=job.options.timesteps, **{k: v.to(dev) for k,
+                                                                                           v in batch.items()})
+    # Flux tokens back to a grid
+    if x.ndim == 3: s = math.isqrt(x.shape[1]); x = x.transpose(1, 2).reshape(x.shape[0], -1, s, s)
     save_image((x[:, :1].float().cpu().clamp(-1, 1) + 1) / 2, str(path), nrow=10)
     return Path(path)
 
 def report(m:dict) -> str:
     if 'fid_local' in m: return get_task('image-generation').report(m)
-    tail = f"held-out loss {m['eval_loss']:.4f}, samples mean/std {m['sample_mean']:.3f}/{m['sample_std']:.3f} (data {m['data_mean']:.3f}/{m['data_std']:.3f})" if 'eval_loss' in m else 'not evaluated'
-    return f"converted {m['method']} B={m['blocks']}: {m['iterations']} iterations in {m['train_seconds']:.0f} s; {tail}"
+    tail = (f"held-out loss {m['eval_loss']:.4f}, samples mean/std {m['sample_mean']:.3f}/{m['sample_std']:.3f} "
+            f"(data {m['data_mean']:.3f}/{m['data_std']:.3f})" if 'eval_loss' in m else 'not evaluated')
+    return (f"converted {m['method']} B={m['blocks']}: {m['iterations']} iterations in {m['train_seconds']:.0f} s; "
+            f"{tail}")
 
 def _describe(job) -> str: return f"{job.method}-B{job.blocks}"
 
-# %% ../../../nbs/36_jobs_convert.ipynb #5c2afde7
+# %% ../../../nbs/36_jobs_convert.ipynb #224db9eb
 def _json_config(cfg) -> dict:
-    return json.loads(json.dumps({k: (list(v) if isinstance(v, tuple) else v) for k, v in dict(cfg).items() if not k.startswith('_')}))
+    return json.loads(json.dumps({k: (list(v) if isinstance(v, tuple) else v) for k,
+                                  v in dict(cfg).items() if not k.startswith('_')}))
 
+# %% ../../../nbs/36_jobs_convert.ipynb #ad6b7e17
 def convert(source,                  # a run directory, a diffusers folder or a hub id
             out,                     # the new run directory (new or empty)
             blocks:int=None,         # B
             layers_per_block:int=None, # or n layers per block
             shared:str='copy',       # 'copy' (per-block adapters) or 'frozen' (one shared, frozen adapter)
             distill:bool=False,      # method 'distill': block k regresses the full model's output
-            baseline_iterations:int=None, # the end-to-end budget of the fine-tuning (×B block steps); default: the source run's (100 for diffusers)
+            # the end-to-end budget of the fine-tuning (×B block steps); default: the source run's (100 for diffusers)
+            baseline_iterations:int=None,
             overlap:float=None,      # γ (default: the source run's, 0.05 for diffusers)
             data:str=None,           # diffusers sources: the stand-in data (default digits)
             seed:int=None,
             block_schedule:str=None, # block schedule of the fine-tuning (default: the source run's; e.g. 'sequential')
-            flow:dict=None,          # diffusers flow models: FlowConfig fields (p_mean, p_std, shift) of the training density
-            shift:float=None,        # flow models: the t density's shift (default: the source's scheduler config, Flux's dynamic shift at the stand-in's tokens, else 1)
-            lora:dict=None,          # per-block LoRA (add_lora's arguments): the hook for diffusionblocks.tasks.converted.lora
-            runs=None,               # the run layer (`diffusionblocks.jobs.core`): Job, read_run, load_run, check_out_dir, init_run
+            # diffusers flow models: FlowConfig fields (p_mean, p_std, shift) of the training density
+            flow:dict=None,
+            # flow models: the t density's shift (default: the source's scheduler config, Flux's dynamic shift at
+            # the stand-in's tokens, else 1)
+            shift:float=None,
+            # per-block LoRA (add_lora's arguments): the hook for diffusionblocks.tasks.converted.lora
+            lora:dict=None,
+            # the run layer (`diffusionblocks.jobs.core`): Job, read_run, load_run, check_out_dir, init_run
+            runs=None,
            ) -> dict:                # {'run_dir', 'job', 'split', 'params'}
-    "Write a DiffusionBlocks run (config.json with a Job, an iteration-0 checkpoint) from a pretrained model; `train --resume` fine-tunes it."
-    if runs is None: raise ConfigError('convert needs the run layer: pass runs=diffusionblocks.jobs.core (the CLI does)')
+    """Write a DiffusionBlocks run (config.json with a Job, an iteration-0 checkpoint) from a pretrained model;
+    `train --resume` fine-tunes it."""
+    if runs is None:
+        raise ConfigError('convert needs the run layer: pass runs=diffusionblocks.jobs.core (the CLI does)')
     if shared not in ('copy', 'frozen'): raise ConfigError(f"--shared must be copy or frozen, got {shared!r}")
     its = baseline_iterations
-    if its is not None and not (isinstance(its, int) and not isinstance(its, bool) and its >= 1): raise ConfigError(f"--baseline-iterations must be an integer >= 1, got {its!r}")
+    if its is not None and not (isinstance(its, int) and not isinstance(its, bool) and its >= 1):
+        raise ConfigError(f"--baseline-iterations must be an integer >= 1, got {its!r}")
     kind = source_kind(source)
     out = runs.check_out_dir(out)
     method = 'distill' if distill else 'dblocks'
     if kind == 'run':
         src_job = runs.read_run(source)
-        if src_job.task != 'image-generation' or src_job.options.codec: raise ConfigError(f"convert takes runs of the pixel DiT presets (task image-generation); {source} is a {src_job.task} run{' on latents' if src_job.options.codec else ''}")
+        if src_job.task != 'image-generation' or src_job.options.codec:
+            raise ConfigError(f"convert takes runs of the pixel DiT presets (task image-generation); {source} is a "
+                              f"{src_job.task} run{' on latents' if src_job.options.codec else ''}")
         src, _, data_ = runs.load_run(source, device='cpu')
         split = even_split(sum(src.split), blocks, layers_per_block)
-        if distill and src.num_blocks != 1: raise ConfigError(f"--distill needs an end-to-end source (one block) as its teacher; {source} has {src.num_blocks} blocks")
-        m = dict(kind='run', task=src_job.task, model=src_job.model, source=str(Path(source).resolve()), source_job=src_job.to_dict(), shared=shared,
+        if distill and src.num_blocks != 1:
+            raise ConfigError(f"--distill needs an end-to-end source (one block) as its teacher; {source} has "
+                              f"{src.num_blocks} blocks")
+        m = dict(kind='run', task=src_job.task, model=src_job.model, source=str(Path(source).resolve()),
+                 source_job=src_job.to_dict(), shared=shared,
                  teacher=str((out / 'teacher').resolve()) if distill else None, lora=lora)
         job = src_job.replace(task='converted', model=m, method=method, blocks=len(split), split=tuple(split),
-                              overlap=src_job.overlap if overlap is None else overlap, seed=src_job.seed if seed is None else seed,
-                              baseline_iterations=its or src_job.baseline_iterations, epochs=None if its or src_job.baseline_iterations else src_job.epochs,
+                              overlap=src_job.overlap if overlap is None else overlap,
+                              seed=src_job.seed if seed is None else seed,
+                              baseline_iterations=its or src_job.baseline_iterations,
+                              epochs=None if its or src_job.baseline_iterations else src_job.epochs,
                               block_schedule=block_schedule or src_job.block_schedule)
         out.mkdir(parents=True, exist_ok=True)
         if distill:
             _, ck = find_checkpoint(RunDir(source).checkpoints)
             shutil.copytree(ck, out / 'teacher')
-        model = regroup(src, build(job.replace(model={**m, 'lora': None}), data_))   # LoRA after the pretrained weights are in
+        # LoRA after the pretrained weights are in
+        model = regroup(src, build(job.replace(model={**m, 'lora': None}), data_))
         if lora: _add_lora(model, lora)
     else:
         net = load_diffusers(source)
@@ -286,16 +359,21 @@ def convert(source,                  # a run directory, a diffusers folder or a 
         split = even_split(len(layers_of(net)), blocks, layers_per_block)
         m = dict(kind='diffusers', cls=cls, config=_json_config(net.config), source=str(source), shared=shared,
                  teacher=str((out / 'source').resolve()) if distill else None, flow=flow, lora=lora)
-        if cls != 'DiTTransformer2DModel':                                # flow models: the t density's shift, and where it came from
+        # flow models: the t density's shift, and where it came from
+        if cls != 'DiTTransformer2DModel':
             sched = scheduler_config_of(source)
             given = shift if shift is not None else (flow or {}).get('shift')
-            side = ConvertedOptions().grid if cls == 'FluxTransformer2DModel' else net.config.sample_size // net.config.patch_size
+            side = (ConvertedOptions().grid if cls == 'FluxTransformer2DModel'
+                    else net.config.sample_size // net.config.patch_size)
             s, how = scheduler_shift(sched, side * side, given)
             m.update(flow={**(flow or {}), 'shift': s}, shift_source=how, scheduler=sched)
             FlowConfig(**m['flow'])                                          # one line on a bad field
-        job = runs.Job(preset='convert', task='converted', model=m, data=data or 'digits', method=method, blocks=len(split), split=tuple(split),
-                  overlap=0.05 if overlap is None else overlap, baseline_iterations=its or 100, batch_size=32, lr=1e-4, lr_schedule='constant',
-                  warmup_fraction=0., ema=0., save_every=500, options=dict(n_eval=64, sample_steps=20), seed=seed or 0, block_schedule=block_schedule or 'uniform')
+        job = runs.Job(preset='convert', task='converted', model=m, data=data or 'digits', method=method,
+                       blocks=len(split), split=tuple(split),
+                  overlap=0.05 if overlap is None else overlap, baseline_iterations=its or 100, batch_size=32, lr=1e-4,
+                  lr_schedule='constant',
+                  warmup_fraction=0., ema=0., save_every=500, options=dict(n_eval=64, sample_steps=20), seed=seed or 0,
+                  block_schedule=block_schedule or 'uniform')
         out.mkdir(parents=True, exist_ok=True)
         if distill: net.save_pretrained(str(out / 'source'))
         data_ = load_data(job)
@@ -305,36 +383,52 @@ def convert(source,                  # a run directory, a diffusers folder or a 
     runs.init_run(job, out, model, len(data_.train), meta={'converted_from': str(source)})
     return dict(run_dir=str(out), job=job, split=split, params=sum(p.numel() for p in model.parameters()))
 
-# %% ../../../nbs/36_jobs_convert.ipynb #858e29c7
+# %% ../../../nbs/36_jobs_convert.ipynb #83162810
 @dataclass(frozen=True)
 class ConvertArgs(Options):
     "The `convert` command's arguments."
-    source:str|None = option(None, 'a run directory of the DiT presets, a diffusers model/pipeline folder, or a hub id', choices=None)
+    source:str|None = option(None, 'a run directory of the DiT presets, a diffusers model/pipeline folder, or a hub '
+                                   'id', choices=None)
     out:str|None = option(None, 'the new run directory')
     blocks:int|None = option(None, 'B, the number of blocks (contiguous layer groups)', lo=1, hi=1024)
-    layers_per_block:int|None = option(None, 'layers per block (B = layers / n when --blocks is not given)', lo=1, hi=10_000)
-    shared:str = option('copy', 'embedders/final layer: a copy per block, or one shared, frozen copy', choices=('copy', 'frozen'))
-    distill:bool = option(False, "block k learns the full pretrained model's output on its noise range (method distill)")
-    baseline_iterations:int|None = option(None, "end-to-end budget of the fine-tuning (each block gets its share); default: the source run's", lo=1, hi=10**9)
-    block_schedule:str|None = option(None, "block schedule of the fine-tuning, e.g. sequential (default: the source run's)")
+    layers_per_block:int|None = option(None, 'layers per block (B = layers / n when --blocks is not '
+                                             'given)', lo=1, hi=10_000)
+    shared:str = option('copy', 'embedders/final layer: a copy per block, or one shared, frozen '
+                                'copy', choices=('copy', 'frozen'))
+    distill:bool = option(False, "block k learns the full pretrained model's output on its noise range (method "
+                                 "distill)")
+    baseline_iterations:int|None = option(None, "end-to-end budget of the fine-tuning (each block gets its share); "
+                                                "default: the source run's", lo=1, hi=10**9)
+    block_schedule:str|None = option(None, "block schedule of the fine-tuning, e.g. sequential (default: the source "
+                                           "run's)")
     overlap:float|None = option(None, 'γ, the overlap of the noise partition', lo=0, hi=10)
     data:str|None = option(None, 'diffusers sources: the stand-in data set (default digits)')
     seed:int|None = option(None, 'seed', lo=0, hi=2**62)
-    shift:float|None = option(None, "flow models: the shift of the t density (default: the source's scheduler config; Flux: its dynamic shift)", lo=1e-3, hi=1e3)
+    shift:float|None = option(None, "flow models: the shift of the t density (default: the source's scheduler config; "
+                                    "Flux: its dynamic shift)", lo=1e-3, hi=1e3)
     json:bool = option(False, 'print one JSON object')
     POSITIONAL = ('source',); REQUIRED = ('out',)
 
+# %% ../../../nbs/36_jobs_convert.ipynb #b3f9687d
 def convert_command(a:ConvertArgs, runs) -> str:
     "`diffusionblocks convert`: convert, then one line (or JSON) naming the run and how to fine-tune it."
     if a.source is None or a.out is None: raise ConfigError('convert needs SOURCE and --out RUN')
-    r = convert(a.source, a.out, a.blocks, a.layers_per_block, a.shared, a.distill, a.baseline_iterations, a.overlap, a.data, a.seed,
+    r = convert(a.source, a.out, a.blocks, a.layers_per_block, a.shared, a.distill, a.baseline_iterations, a.overlap,
+                a.data, a.seed,
                 a.block_schedule, shift=a.shift, runs=runs)
-    line = dict(run_dir=r['run_dir'], blocks=len(r['split']), split=r['split'], params=r['params'], method=r['job'].method)
-    return json.dumps(line) if a.json else (f"converted {a.source} into {line['blocks']} blocks {line['split']} ({line['params']:,} parameters, "
-                                             f"method {line['method']}): {r['run_dir']}; fine-tune with: diffusionblocks train --resume {r['run_dir']}")
+    line = dict(run_dir=r['run_dir'], blocks=len(r['split']), split=r['split'], params=r['params'],
+                method=r['job'].method)
+    return json.dumps(line) if a.json else (f"converted {a.source} into {line['blocks']} blocks {line['split']} "
+                                            f"({line['params']:,} parameters, "
+                                             f"method {line['method']}): {r['run_dir']}; fine-tune with: "
+                                             f"diffusionblocks train --resume {r['run_dir']}")
 
-TASK = register_task(Task('converted', methods=('dblocks', 'distill'), blockwise=('dblocks', 'distill'), options=ConvertedOptions,
-                          options_for=options_for, load_data=load_data, build=build, evaluate=evaluate, sample=sample, report=report,
+TASK = register_task(Task('converted', methods=('dblocks', 'distill'), blockwise=('dblocks', 'distill'),
+                          options=ConvertedOptions,
+                          options_for=options_for, load_data=load_data, build=build, evaluate=evaluate, sample=sample,
+                          report=report,
                           describe=_describe,
-                          commands={'convert': Command('convert a pretrained diffusion transformer (a DiT run, a diffusers DiT/SD3/Flux) into a DiffusionBlocks run; then train --resume RUN',
+                          commands={'convert': Command('convert a pretrained diffusion transformer (a DiT run, a '
+                                                       'diffusers DiT/SD3/Flux) into a DiffusionBlocks run; then train '
+                                                       '--resume RUN',
                                                        ConvertArgs, convert_command)}))

@@ -6,7 +6,7 @@
 __all__ = ['CODECS', 'BENCH_MODELS', 'TASK', 'ImageOptions', 'make_codec', 'load_data', 'build', 'sample_grid', 'evaluate',
            'sample', 'report', 'dit_bench']
 
-# %% ../../../nbs/21_jobs_image.ipynb #25a8d494
+# %% ../../../nbs/21_jobs_image.ipynb #2c8d03d6
 import json, time
 from pathlib import Path
 import torch
@@ -19,9 +19,10 @@ from .dit import dit_blocks, DiTConfig, DIT_MODELS, sample_images
 from ...fid import feature_net_for, local_fid, extract_features, frechet_distance
 from .latents import SDVAE, StandInVAE, encode_images
 from dataclasses import dataclass
-from .. import Task, TaskData, Options, option, register_task, register_preset, register_table, BenchModel
+from .. import (Task, TaskData, Options, option, register_task, register_preset, register_table,
+                                   BenchModel)
 
-# %% ../../../nbs/21_jobs_image.ipynb #d007fca9
+# %% ../../../nbs/21_jobs_image.ipynb #468e5f4f
 CODECS = ('sd-vae', 'stand-in')
 
 @dataclass(frozen=True)
@@ -30,29 +31,47 @@ class ImageOptions(Options):
     image_size:int|None = option(None, "resize images to this side (default: the data's own)", lo=4, hi=1024)
     codec:str|None = option(None, 'diffuse VAE latents instead of pixels', choices=CODECS)
     share_adapter:bool = option(False, 'one stem/readout shared by all blocks instead of one per block')
-    sample_steps:int = option(50, 'Euler steps of the sampler (a grid of sample_steps + 1 σ values)', eval=True, lo=1, hi=10_000)
+    sample_steps:int = option(50, 'Euler steps of the sampler (a grid of sample_steps + 1 σ '
+                                  'values)', eval=True, lo=1, hi=10_000)
     cfg_scale:float = option(1.0, 'classifier-free guidance scale (1: none)', eval=True, lo=0, hi=100)
     n_eval:int = option(1000, 'generated images for the local FID', eval=True, lo=2, hi=50_000)
-    feature_iterations:int = option(600, "training iterations of the local FID's feature net", eval=True, lo=1, hi=10**6)
+    feature_iterations:int = option(600, "training iterations of the local FID's feature "
+                                         "net", eval=True, lo=1, hi=10**6)
 
-# %% ../../../nbs/21_jobs_image.ipynb #50825e1b
+# %% ../../../nbs/21_jobs_image.ipynb #a0cc395e
 _DIGITS_DIT = dict(depth=6, hidden=64, heads=4, patch=2)
 _DIGITS_EVAL = dict(sample_steps=50, cfg_scale=1.0, n_eval=1000, feature_iterations=600)
-register_preset('digits', 'image-generation', 'cpu', 'DiT 6×64 on the embedded 8×8 digits, B=3 (the main job, minutes on 2 CPU cores)',
-                model=_DIGITS_DIT, data='digits', blocks=3, overlap=0.05, baseline_iterations=1500, warmup_fraction=1 / 30, batch_size=128,
+register_preset('digits', 'image-generation', 'cpu', 'DiT 6×64 on the embedded 8×8 digits, B=3 (the main job, minutes '
+                                                     'on 2 CPU cores)',
+                model=_DIGITS_DIT, data='digits', blocks=3, overlap=0.05, baseline_iterations=1500,
+                warmup_fraction=1 / 30, batch_size=128,
                 lr=2e-3, lr_schedule='cosine', ema=0., save_every=500, options=_DIGITS_EVAL)
-register_preset('dit-s2-cifar10', 'image-generation', 'gpu', "the paper's CIFAR-10 DiT-S/2, B=3, 100 epochs, batch 512 (Sec. 5.2)",
-                model='DiT-S/2', data='cifar10', blocks=3, overlap=0.05, epochs=100, warmup_fraction=0., batch_size=512, lr=1e-4,
-                lr_schedule='constant', ema=0.999, save_every=2000, options=dict(image_size=32, sample_steps=50, cfg_scale=2.0, n_eval=10_000, feature_iterations=3000))
-register_preset('dit-l2-imagenet256', 'image-generation', 'gpu', "the paper's ImageNet-256 DiT-L/2 on SD-VAE latents, B=3 (needs diffusers + weights)",
-                model='DiT-L/2', data='hf:ILSVRC/imagenet-1k', blocks=3, overlap=0.05, epochs=100, warmup_fraction=0., batch_size=512,
-                lr=5e-5, lr_schedule='constant', ema=0.9999, save_every=5000, options=dict(image_size=256, codec='sd-vae', sample_steps=50, cfg_scale=2.0, n_eval=10_000, feature_iterations=3000))
-register_preset('digits-latent', 'image-generation', 'cpu', 'the latent-DiT path offline: digits at 32×32 through a stand-in VAE (plumbing check)',
-                model=dict(depth=3, hidden=32, heads=2, patch=2), data='digits', blocks=3, overlap=0.05, baseline_iterations=300,
+register_preset('dit-s2-cifar10', 'image-generation', 'gpu', "the paper's CIFAR-10 DiT-S/2, B=3, 100 epochs, batch 512 "
+                                                             "(Sec. 5.2)",
+                model='DiT-S/2', data='cifar10', blocks=3, overlap=0.05, epochs=100, warmup_fraction=0.,
+                batch_size=512, lr=1e-4,
+                lr_schedule='constant', ema=0.999, save_every=2000, options=dict(image_size=32, sample_steps=50,
+                                                                                 cfg_scale=2.0, n_eval=10_000,
+                                                                                 feature_iterations=3000))
+register_preset('dit-l2-imagenet256', 'image-generation', 'gpu', "the paper's ImageNet-256 DiT-L/2 on SD-VAE latents, "
+                                                                 "B=3 (needs diffusers + weights)",
+                model='DiT-L/2', data='hf:ILSVRC/imagenet-1k', blocks=3, overlap=0.05, epochs=100, warmup_fraction=0.,
+                batch_size=512,
+                lr=5e-5, lr_schedule='constant', ema=0.9999, save_every=5000, options=dict(image_size=256,
+                                                                                           codec='sd-vae',
+                                                                                           sample_steps=50,
+                                                                                           cfg_scale=2.0,
+                                                                                           n_eval=10_000,
+                                                                                           feature_iterations=3000))
+register_preset('digits-latent', 'image-generation', 'cpu', 'the latent-DiT path offline: digits at 32×32 through a '
+                                                            'stand-in VAE (plumbing check)',
+                model=dict(depth=3, hidden=32, heads=2, patch=2), data='digits', blocks=3, overlap=0.05,
+                baseline_iterations=300,
                 warmup_fraction=1 / 30, batch_size=64, lr=2e-3, save_every=500,
-                options=dict(image_size=32, codec='stand-in', sample_steps=20, cfg_scale=1.0, n_eval=200, feature_iterations=100))
+                options=dict(image_size=32, codec='stand-in', sample_steps=20, cfg_scale=1.0, n_eval=200,
+                             feature_iterations=100))
 
-# %% ../../../nbs/21_jobs_image.ipynb #d7be4eed
+# %% ../../../nbs/21_jobs_image.ipynb #fa5e9447
 def make_codec(name:str, channels:int=3, device=None):
     "A codec by name: the SD VAE (diffusers, weights from the hub cache) or the seeded offline stand-in."
     if name == 'sd-vae': return SDVAE(device=device)
@@ -67,6 +86,7 @@ def _split(job, split, size):
         if split == 'train': raise
         return None                                           # a source without that split
 
+# %% ../../../nbs/21_jobs_image.ipynb #3aac7069
 def load_data(job) -> TaskData:
     "The job's train (and test, when the source has one) split as ImageData: pixels in [−1, 1], or their latents."
     size = job.options.image_size
@@ -74,29 +94,35 @@ def load_data(job) -> TaskData:
     codec = job.options.codec
     if codec is None: return TaskData(train, test)
     vae = make_codec(codec, train.shape[0])
-    lat = lambda d: ImageData(encode_images(vae, d.images), d.labels, d.classes, f'{d.source} ({codec} latents)', d.split)
+    lat = lambda d: ImageData(encode_images(vae, d.images), d.labels, d.classes, f'{d.source} ({codec} latents)',
+                              d.split)
     return TaskData(lat(train), None if test is None else lat(test), dict(codec=vae, pixels=train, pixels_test=test))
 
-# %% ../../../nbs/21_jobs_image.ipynb #e4c13146
+# %% ../../../nbs/21_jobs_image.ipynb #cd1d7755
 def build(job, data:TaskData):
     "The job's DiT as B DiffusionBlocks (B = 1: the end-to-end DiT) for the data's shape and classes."
     m = job.model
     cfg = DiTConfig(**m) if isinstance(m, dict) else m
     d = data.train
-    return dit_blocks(cfg, d.shape[1:], d.shape[0], d.num_classes, blocks=job.blocks, overlap=job.overlap, scheme=job.scheme, split=job.split,
+    return dit_blocks(cfg, d.shape[1:], d.shape[0], d.num_classes, blocks=job.blocks, overlap=job.overlap,
+                      scheme=job.scheme, split=job.split,
                       share_adapter=job.options.share_adapter)
 
-# %% ../../../nbs/21_jobs_image.ipynb #1e7da740
+# %% ../../../nbs/21_jobs_image.ipynb #082eff19
 def _pixels(data:TaskData, x):
     "Generated samples in pixel space (decoded when the model diffuses latents)."
     codec = data.extra.get('codec')
-    return x if codec is None else codec.decode(x.to(next(codec.parameters()).device if isinstance(codec, torch.nn.Module) else x.device)).float().cpu()
+    return x if codec is None else codec.decode(x.to(next(codec.parameters()).device
+                                                     if isinstance(codec, torch.nn.Module) else x.device)).float().cpu()
 
-def sample_grid(model, data:TaskData, n:int=100, sample_steps:int=50, cfg_scale:float=2.0, seed:int=0, path=None, nrow=None):
-    "n class-conditional samples (classes in turn) in pixel space, optionally saved as a PNG grid (one class per column)."
+def sample_grid(model, data:TaskData, n:int=100, sample_steps:int=50, cfg_scale:float=2.0, seed:int=0, path=None,
+                nrow=None):
+    """n class-conditional samples (classes in turn) in pixel space, optionally saved as a PNG grid (one class per
+    column)."""
     C = data.train.num_classes
     labels = torch.arange(n) % C
-    x = sample_images(model, n, labels=labels, sample_steps=sample_steps, cfg_scale=cfg_scale, generator=torch.Generator().manual_seed(seed))
+    x = sample_images(model, n, labels=labels, sample_steps=sample_steps, cfg_scale=cfg_scale,
+                      generator=torch.Generator().manual_seed(seed))
     x = _pixels(data, x.float().cpu())
     if path is not None:
         ref = data.extra.get('pixels', data.train)
@@ -107,33 +133,45 @@ def sample_grid(model, data:TaskData, n:int=100, sample_steps:int=50, cfg_scale:
         atomic_write(path, buf.getvalue())                            # a full disk: one line, and no half-written PNG
     return x, labels
 
-def evaluate(model, job, data:TaskData, device=None, n_eval:int=None, sample_steps:int=None, cfg_scale:float=None, seed:int=1) -> dict:
+# %% ../../../nbs/21_jobs_image.ipynb #9f137963
+def evaluate(model, job, data:TaskData, device=None, n_eval:int=None, sample_steps:int=None, cfg_scale:float=None,
+             seed:int=1) -> dict:
     "Local FID of n_eval generated images (and of the real test split) against the train split."
     o = job.options
     n, steps, cfg = n_eval or o.n_eval, sample_steps or o.sample_steps, o.cfg_scale if cfg_scale is None else cfg_scale
     if n < 2: raise ConfigError(f"n_eval must be >= 2 (a Fréchet distance needs a covariance), got {n}")
     real = data.extra.get('pixels', data.train)
     test = data.extra.get('pixels_test', data.test) if 'codec' in data.extra else data.test
-    name = Path(str(real.source)).name.replace(':', '_').replace('/', '_') + (f"-{real.shape[-1]}px" if o.image_size else '')
-    net = feature_net_for(name, real.images, real.labels, real.num_classes, data_dir() / 'featurenets', iterations=o.feature_iterations, device=device)
+    name = Path(str(real.source)).name.replace(':', '_').replace('/',
+                                                                 '_') + (f"-{real.shape[-1]}px" if o.image_size else '')
+    net = feature_net_for(name, real.images, real.labels, real.num_classes, data_dir() / 'featurenets',
+                          iterations=o.feature_iterations, device=device)
     t = time.perf_counter()
     with torch.no_grad(): x, _ = sample_grid(model, data, n, steps, cfg, seed)
     seconds = time.perf_counter() - t
     ref, fake = extract_features(net, real.images), extract_features(net, x)
-    pool, source = (test.images, 'test split') if test is not None else (real.images, 'train split (overlaps the reference set: biased low)')
-    m = min(n, len(pool))                                                 # the real-data reference at the generated images' n (or all there is)
+    pool, source = (test.images, 'test split') if test is not None else (real.images, 'train split (overlaps the '
+                                                                                      'reference set: biased low)')
+    # the real-data reference at the generated images' n (or all there is)
+    m = min(n, len(pool))
     idx = torch.randperm(len(pool), generator=torch.Generator().manual_seed(seed))[:m]
     fid = frechet_distance(ref, fake)
-    return dict(fid_local=fid, fid_local_test_split=None if test is None else frechet_distance(ref, extract_features(net, test.images)),
-                fid_local_real_ref=frechet_distance(ref, extract_features(net, pool[idx])), fid_local_real_ref_n=m, fid_local_real_ref_source=source,
+    return dict(fid_local=fid,
+                fid_local_test_split=None if test is None
+                else frechet_distance(ref, extract_features(net, test.images)),
+                fid_local_real_ref=frechet_distance(ref, extract_features(net, pool[idx])), fid_local_real_ref_n=m,
+                fid_local_real_ref_source=source,
                 fid_local_at_ref_n=fid if m == n else frechet_distance(ref, fake[:m]),
                 n_eval=n, sample_seconds=round(seconds, 2), sample_steps=steps, cfg_scale=cfg)
 
-def sample(model, job, data:TaskData, path, n:int=None, seed:int=0, device=None, sample_steps:int=None, cfg_scale:float=None, **_) -> Path:
+# %% ../../../nbs/21_jobs_image.ipynb #31f7944f
+def sample(model, job, data:TaskData, path, n:int=None, seed:int=0, device=None, sample_steps:int=None,
+           cfg_scale:float=None, **_) -> Path:
     "Write a sample grid (default: 10 per class) to `path` (a .png file)."
     n = n or 10 * data.train.num_classes
     with torch.no_grad():
-        sample_grid(model, data, n, sample_steps or job.options.sample_steps, job.options.cfg_scale if cfg_scale is None else cfg_scale, seed, path=path)
+        sample_grid(model, data, n, sample_steps or job.options.sample_steps,
+                    job.options.cfg_scale if cfg_scale is None else cfg_scale, seed, path=path)
     return Path(path)
 
 def report(m:dict) -> str:
@@ -141,26 +179,35 @@ def report(m:dict) -> str:
     if 'fid_local' in m:
         fid = f"local FID {m['fid_local']:.3f} (n = {m['n_eval']})"
         if m.get('fid_local_real_ref') is not None:       # runs evaluated before the equal-n reference lack these keys
-            fid += (f"; at n = {m['fid_local_real_ref_n']}: generated {m['fid_local_at_ref_n']:.3f} vs real {m['fid_local_real_ref']:.3f}"
-                    f" ({m['fid_local_real_ref_source']})")
-    return f"{m['method']} B={m['blocks']}: {m['iterations']} iterations in {m['train_seconds']:.0f} s, peak memory {m['peak_memory_bytes'] / 2**20:.0f} MiB ({m['peak_memory_method']}); {fid}"
+            fid += (f"; at n = {m['fid_local_real_ref_n']}: generated {m['fid_local_at_ref_n']:.3f} vs real "
+                    f"{m['fid_local_real_ref']:.3f} ({m['fid_local_real_ref_source']})")
+    return (f"{m['method']} B={m['blocks']}: {m['iterations']} iterations in {m['train_seconds']:.0f} s, "
+            f"peak memory {m['peak_memory_bytes'] / 2**20:.0f} MiB ({m['peak_memory_method']}); {fid}")
 
+# %% ../../../nbs/21_jobs_image.ipynb #0117dbf8
 def dit_bench(model:str, image_size:int, channels:int, num_classes:int=10, description:str='') -> BenchModel:
     "A class-conditional DiT of a DIT_MODELS size on random images, for the benchmarks."
     return BenchModel(build=lambda B: dit_blocks(model, image_size, channels, num_classes, blocks=B),
-                      batch=lambda n, g: (torch.randn(n, channels, image_size, image_size, generator=g).clamp(-1, 1), torch.randint(0, num_classes, (n,), generator=g)),
-                      depth=DIT_MODELS[model].depth, description=description or f'{model} at {image_size}×{image_size}×{channels}',
-                      draw=lambda net, n, S, dev: sample_images(net, n, labels=torch.arange(n) % num_classes, sample_steps=S, device=dev))
+                      batch=lambda n, g: (torch.randn(n, channels, image_size, image_size, generator=g).clamp(-1, 1),
+                                          torch.randint(0, num_classes, (n,), generator=g)),
+                      depth=DIT_MODELS[model].depth,
+                      description=description or f'{model} at {image_size}×{image_size}×{channels}',
+                      draw=lambda net, n, S, dev: sample_images(net, n, labels=torch.arange(n) % num_classes,
+                                                                sample_steps=S, device=dev))
 
-BENCH_MODELS = {'dit-s2': dit_bench('DiT-S/2', 32, 3, description='the reference configuration: 12-layer DiT-S/2 at 32×32'),
+BENCH_MODELS = {'dit-s2': dit_bench('DiT-S/2', 32, 3, description='the reference configuration: 12-layer DiT-S/2 at '
+                                                                  '32×32'),
                 'dit-b2': dit_bench('DiT-B/2', 32, 3), 'dit-tiny': dit_bench('DiT-tiny', 8, 1)}
 
-TASK = register_task(Task('image-generation', methods=('dblocks', 'e2e'), blockwise=('dblocks',), baseline='e2e', options=ImageOptions,
-                          load_data=load_data, build=build, evaluate=evaluate, sample=sample, report=report, bench_models=BENCH_MODELS))
+TASK = register_task(Task('image-generation', methods=('dblocks', 'e2e'), blockwise=('dblocks',), baseline='e2e',
+                          options=ImageOptions,
+                          load_data=load_data, build=build, evaluate=evaluate, sample=sample, report=report,
+                          bench_models=BENCH_MODELS))
 
-# %% ../../../nbs/21_jobs_image.ipynb #a0ba00e2
+# %% ../../../nbs/21_jobs_image.ipynb #d1cd9d50
 _DIT = {'cpu': ('digits', dict(baseline_iterations=300, options=dict(n_eval=500))),
-        'gpu-short': ('dit-s2-cifar10', dict(baseline_iterations=1500, options=dict(n_eval=5000, feature_iterations=2000))),
+        'gpu-short': ('dit-s2-cifar10', dict(baseline_iterations=1500, options=dict(n_eval=5000,
+                                                                                    feature_iterations=2000))),
         'paper': ('dit-s2-cifar10', {})}
 _HALF = {(4, 4, 4): (2, 2, 2), (3, 6, 3): (1, 4, 1), (6, 4, 2): (3, 2, 1), (2, 4, 6): (1, 2, 3)}
 
@@ -172,37 +219,51 @@ def _dit(scale, baseline=False, ablation=False, **kw):
 
 register_table('2', 'DiT image generation on CIFAR-10 (Sec. 5.2)',
                [('DiT (end-to-end)', 'e2e', 39.83), ('+ DiffusionBlocks (B = 3)', 'dblocks', 37.20)],
-               'fid_local', lambda s: {'e2e': _dit(s, True), 'dblocks': _dit(s)}, 'DiT (end-to-end)', unit='FID', factor=1., higher_is_better=False,
+               'fid_local', lambda s: {'e2e': _dit(s, True), 'dblocks': _dit(s)}, 'DiT (end-to-end)', unit='FID',
+               factor=1., higher_is_better=False,
                paper_metric='test FID (clean-fid, 50k samples); ours: local FID against the train split',
-               notes={'cpu': 'embedded 8x8 digits, DiT 6x64, 300 baseline iterations, 500 samples', 'gpu-short': 'CIFAR-10 copy, DiT-S/2, 1,500 baseline iterations, 5,000 samples',
+               notes={'cpu': 'embedded 8x8 digits, DiT 6x64, 300 baseline iterations, 500 '
+                             'samples', 'gpu-short': 'CIFAR-10 copy, DiT-S/2, 1,500 baseline iterations, 5,000 samples',
                       'paper': 'dit-s2-cifar10 preset as it is'})
 
+# %% ../../../nbs/21_jobs_image.ipynb #96a3ddfc
 def _t7(scale):
     arms = {'e2e': _dit(scale, True, ablation=True)}
     for split in _HALF:
         sp = _HALF[split] if scale == 'cpu' else split
         for scheme in ('log-uniform', 'equal-mass'):
-            arms[f"{scheme}-{''.join(map(str, split))}"] = _dit(scale, overlap=0., scheme=scheme, split=sp, ablation=True)
+            arms[f"{scheme}-{''.join(map(str, split))}"] = _dit(scale, overlap=0., scheme=scheme, split=sp,
+                                                                ablation=True)
     return arms
 
 register_table('7', 'Partitioning x layer distribution at γ = 0, B = 3 (CIFAR-10 DiT-S/2)',
-               [('end-to-end (Table 2)', 'e2e', 39.83)] + [(f"[{','.join(map(str, sp))}] {name}", f"{scheme}-{''.join(map(str, sp))}", v)
-                for sp, vals in {(4, 4, 4): (43.53, 38.03), (3, 6, 3): (43.59, 41.64), (6, 4, 2): (47.49, 45.42), (2, 4, 6): (42.37, 40.40)}.items()
-                for (scheme, name), v in zip((('log-uniform', 'uniform (log-space)'), ('equal-mass', 'equi-probability')), vals)],
+               [('end-to-end (Table 2)', 'e2e', 39.83)] + [(f"[{','.join(map(str, sp))}] {name}",
+                                                            f"{scheme}-{''.join(map(str, sp))}", v)
+                for sp, vals in {(4, 4, 4): (43.53, 38.03), (3, 6, 3): (43.59, 41.64), (6, 4, 2): (47.49, 45.42),
+                                 (2, 4, 6): (42.37, 40.40)}.items()
+                for (scheme, name), v in zip((('log-uniform', 'uniform (log-space)'),
+                                              ('equal-mass', 'equi-probability')), vals)],
                'fid_local', _t7, 'end-to-end (Table 2)', unit='FID', factor=1., higher_is_better=False,
                paper_metric='test FID, γ = 0; ours: local FID against the train split',
-               notes={'cpu': 'embedded 8x8 digits, DiT 6x64 with each layer distribution halved, 200 baseline iterations, 500 samples',
-                      'gpu-short': 'CIFAR-10 copy, DiT-S/2, 1,500 baseline iterations', 'paper': 'dit-s2-cifar10, γ = 0'})
+               notes={'cpu': 'embedded 8x8 digits, DiT 6x64 with each layer distribution halved, 200 baseline '
+                             'iterations, 500 samples',
+                      'gpu-short': 'CIFAR-10 copy, DiT-S/2, 1,500 baseline iterations',
+                      'paper': 'dit-s2-cifar10, γ = 0'})
 
+# %% ../../../nbs/21_jobs_image.ipynb #ad50f9ad
 def _t10(scale):
     arms = {'B1': _dit(scale, True, ablation=True)}
     for B in (2, 3, 4, 6):
-        arms[f'B{B}'] = _dit(scale, blocks=B, overlap=0., split=(2, 2, 1, 1) if (scale == 'cpu' and B == 4) else None, ablation=True)
+        arms[f'B{B}'] = _dit(scale, blocks=B, overlap=0., split=(2, 2, 1, 1) if (scale == 'cpu' and B == 4) else None,
+                             ablation=True)
     return arms
 
 register_table('10', 'Number of blocks B at γ = 0 (CIFAR-10 DiT-S/2, App. F.2)',
-               [('B = 1 (end-to-end)', 'B1', 39.83), ('B = 2', 'B2', 35.47), ('B = 3', 'B3', 38.03), ('B = 4', 'B4', 45.43), ('B = 6', 'B6', 53.32)],
+               [('B = 1 (end-to-end)', 'B1', 39.83), ('B = 2', 'B2', 35.47), ('B = 3', 'B3', 38.03),
+                ('B = 4', 'B4', 45.43), ('B = 6', 'B6', 53.32)],
                'fid_local', _t10, 'B = 1 (end-to-end)', unit='FID', factor=1., higher_is_better=False,
                paper_metric='test FID, γ = 0; ours: local FID against the train split',
-               notes={'cpu': 'embedded 8x8 digits, DiT 6x64 (B = 4: layers [2,2,1,1]), 200 baseline iterations, 500 samples',
-                      'gpu-short': 'CIFAR-10 copy, DiT-S/2, 1,500 baseline iterations', 'paper': 'dit-s2-cifar10, γ = 0'})
+               notes={'cpu': 'embedded 8x8 digits, DiT 6x64 (B = 4: layers [2,2,1,1]), 200 baseline iterations, 500 '
+                             'samples',
+                      'gpu-short': 'CIFAR-10 copy, DiT-S/2, 1,500 baseline iterations',
+                      'paper': 'dit-s2-cifar10, γ = 0'})
