@@ -350,7 +350,7 @@ def run_classify(a):
     print(json.dumps({'accuracy_vs_sample_steps' if inf in (None, 'capped')
                       else f'accuracy_vs_sample_steps_{inf}_inference': res}))
 
-# %% ../nbs/23_cli.ipynb #b4bb508d
+# %% ../nbs/23_cli.ipynb #69f3e944
 def register_command(sub, name:str, cmd):
     "Add a task's command to the CLI from its typed arguments."
     p = sub.add_parser(name, help=cmd.help)
@@ -360,16 +360,16 @@ def register_command(sub, name:str, cmd):
         if f in pos: p.add_argument(f, help=meta.get('help'))
         else: p.add_argument(f"--{f.replace('_', '-')}", dest=f, required=f in req, metavar='V', help=meta.get('help'),
                              **kw)
-    # deprecated alias
-    if 'baseline_iterations' in _fields(cmd.args):
-        p.add_argument('--iterations', dest='_iterations', help=argparse.SUPPRESS)
+    for old in getattr(cmd.args, 'ALIASES', {}):                 # older spellings: they work, with a note
+        p.add_argument(f"--{old.replace('_', '-')}", dest=f'_old_{old}', help=argparse.SUPPRESS)
     p.set_defaults(run=lambda a: _run_command(a, name, cmd))
 
 def _run_command(a, name:str, cmd):
     d = {k: v for k, v in vars(a).items() if k in cmd.args.names() and v is not None}
-    if getattr(a, '_iterations', None) is not None:
-        print(f"diffusionblocks: note: --iterations is deprecated for {name}, use --baseline-iterations")
-        d.setdefault('baseline_iterations', a._iterations)
+    for old, new in getattr(cmd.args, 'ALIASES', {}).items():
+        if getattr(a, f'_old_{old}', None) is None: continue
+        print(f"diffusionblocks: note: --{old.replace('_', '-')} is deprecated for {name}, use --{new.replace('_', '-')}")
+        d.setdefault(new, getattr(a, f'_old_{old}'))
     d = {k: ([_value(x) for x in v] if isinstance(v, list)
              else _value(v) if k not in getattr(cmd.args, 'POSITIONAL', ()) and k != 'out' else v)
          for k, v in d.items()}

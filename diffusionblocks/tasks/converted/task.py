@@ -383,7 +383,7 @@ def convert(source,                  # a run directory, a diffusers folder or a 
     runs.init_run(job, out, model, len(data_.train), meta={'converted_from': str(source)})
     return dict(run_dir=str(out), job=job, split=split, params=sum(p.numel() for p in model.parameters()))
 
-# %% ../../../nbs/36_jobs_convert.ipynb #83162810
+# %% ../../../nbs/36_jobs_convert.ipynb #a89a9a12
 @dataclass(frozen=True)
 class ConvertArgs(Options):
     "The `convert` command's arguments."
@@ -408,6 +408,7 @@ class ConvertArgs(Options):
                                     "Flux: its dynamic shift)", lo=1e-3, hi=1e3)
     json:bool = option(False, 'print one JSON object')
     POSITIONAL = ('source',); REQUIRED = ('out',)
+    ALIASES = {'iterations': 'baseline_iterations', 'schedule': 'block_schedule'}   # older spellings (a note names the new one)
 
 # %% ../../../nbs/36_jobs_convert.ipynb #b3f9687d
 def convert_command(a:ConvertArgs, runs) -> str:
