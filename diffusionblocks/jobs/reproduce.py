@@ -27,9 +27,10 @@ def table_arms(key, scale:str='cpu') -> dict:
     if scale not in TABLE_SCALES: raise ConfigError(f"--scale must be one of {', '.join(TABLE_SCALES)}, got {scale!r}")
     return {a: make_job(**spec) for a, spec in t.arms(scale).items()}
 
-# %% ../../nbs/33_reproduce.ipynb #1cd81123
+# %% ../../nbs/33_reproduce.ipynb #22de09d8
 def _override(job:Job, overrides:dict) -> Job:
-    "The job with `overrides` (Job fields; an options dict merged; a baseline_iterations budget replaces an epoch budget)."
+    """The job with `overrides` (Job fields; an options dict merged; a baseline_iterations budget replaces an epoch
+    budget)."""
     if not overrides: return job
     d = job.to_dict()
     for k, v in overrides.items():
@@ -43,10 +44,12 @@ def _arm_dir(out, arm, seed) -> Path: return Path(out) / f'{arm}-s{seed}'
 def run_arm(job:Job, run_dir, device=None, progress:bool=False) -> dict:
     "One arm: reuse a finished run directory, resume a partial one, else run it."
     run_dir = Path(run_dir)
-    if (run_dir / 'metrics.json').is_file(): return json.loads((run_dir / 'metrics.json').read_text()) | {'reused': True}
+    if (run_dir / 'metrics.json').is_file():
+        return json.loads((run_dir / 'metrics.json').read_text()) | {'reused': True}
     if (run_dir / 'config.json').is_file(): return resume_run(run_dir, device, progress=progress) | {'resumed': True}
     return run_job(job, run_dir, device, progress=progress)
 
+# %% ../../nbs/33_reproduce.ipynb #64adf029
 def reproduce(table,                 # a TABLES key ('1', '2', '6', '7', '10')
               scale:str='cpu',       # one of TABLE_SCALES
               seeds:int=1,           # seeds 0 … seeds−1 per arm
@@ -58,10 +61,13 @@ def reproduce(table,                 # a TABLES key ('1', '2', '6', '7', '10')
               progress:bool=False,
               command:str=None,      # the command line to record (default: the equivalent `diffusionblocks reproduce`)
              ) -> dict:              # table.json's content
-    "Run a paper table's arms (reusing finished ones, resuming partial ones) and write table.json, table.md and table.png."
+    """Run a paper table's arms (reusing finished ones, resuming partial ones) and write table.json, table.md and
+    table.png."""
     t = get_table(table)
-    if not (isinstance(seeds, int) and not isinstance(seeds, bool) and 1 <= seeds <= 100): raise ConfigError(f"--seeds must be an integer in [1, 100], got {seeds!r}")
-    if not (isinstance(parallel, int) and parallel >= 1): raise ConfigError(f"parallel must be an integer >= 1, got {parallel!r}")
+    if not (isinstance(seeds, int) and not isinstance(seeds, bool) and 1 <= seeds <= 100):
+        raise ConfigError(f"--seeds must be an integer in [1, 100], got {seeds!r}")
+    if not (isinstance(parallel, int) and parallel >= 1):
+        raise ConfigError(f"parallel must be an integer >= 1, got {parallel!r}")
     jobs = {a: _override(j, overrides) for a, j in table_arms(t.key, scale).items()}
     if arms is not None:
         wrong = [a for a in arms if a not in jobs]
@@ -74,31 +80,38 @@ def reproduce(table,                 # a TABLES key ('1', '2', '6', '7', '10')
     if parallel > 1 and len(fresh) > 1:
         run_jobs(fresh, out, processes=parallel, device=str(dev))
     for n, j in todo.items(): run_arm(j, out / n, dev, progress)
-    base = f"diffusionblocks reproduce {t.key} --scale {scale} --seeds {seeds} --out {out}" + (f" --device {device}" if device else '')
-    if overrides and set(overrides) == {'baseline_iterations'}: base += f" --baseline-iterations {overrides['baseline_iterations']}"
+    base = (f"diffusionblocks reproduce {t.key} --scale {scale} --seeds {seeds} --out {out}"
+            + (f" --device {device}" if device else ''))
+    if overrides and set(overrides) == {'baseline_iterations'}:
+        base += f" --baseline-iterations {overrides['baseline_iterations']}"
     return write_table(t, scale, seeds, out, jobs, command or base, overrides)
 
-# %% ../../nbs/33_reproduce.ipynb #cabf8582
+# %% ../../nbs/33_reproduce.ipynb #6bd3cf0d
 def _read(m:dict, key:str):
     for k in key.split('.'): m = m.get(k) if isinstance(m, dict) else None
     return m
 
 def _spread(v:list) -> dict:
     if not v: return dict(mean=None, std=None, min=None, max=None, n=0)
-    return dict(mean=statistics.fmean(v), std=statistics.stdev(v) if len(v) > 1 else 0., min=min(v), max=max(v), n=len(v))
+    return dict(mean=statistics.fmean(v), std=statistics.stdev(v) if len(v) > 1 else 0., min=min(v), max=max(v),
+                n=len(v))
 
 def _budget(job:Job, m:dict) -> str:
     base = f"{job.baseline_iterations} iterations" if job.baseline_iterations is not None else f"{job.epochs:g} epochs"
-    return f"{base} (baseline budget) at batch {job.batch_size}; {m.get('iterations')} optimizer steps" + (f" (B = {job.blocks}, ×{job.blocks})" if job.blockwise else '')
+    return (f"{base} (baseline budget) at batch {job.batch_size}; {m.get('iterations')} optimizer steps"
+            + (f" (B = {job.blocks}, ×{job.blocks})" if job.blockwise else ''))
 
+# %% ../../nbs/33_reproduce.ipynb #f6cb9125
 def write_table(t:Table, scale:str, seeds:int, out, jobs:dict, command:str, overrides:dict=None) -> dict:
     "Collect the arms' metrics under `out` into table.json, table.md and table.png; returns the table dict."
     out = Path(out)
-    metrics = {a: [json.loads((p / 'metrics.json').read_text()) for s in range(seeds) if ((p := _arm_dir(out, a, s)) / 'metrics.json').is_file()] for a in jobs}
+    metrics = {a: [json.loads((p / 'metrics.json').read_text()) for s in range(seeds)
+                   if ((p := _arm_dir(out, a, s)) / 'metrics.json').is_file()] for a in jobs}
     rows, hw = [], sorted({m.get('hardware') for ms in metrics.values() for m in ms if m.get('hardware')})
     for r in t.rows:
         vals = [t.factor * v for m in metrics.get(r.arm, []) if (v := _read(m, t.metric)) is not None]
-        rows.append(dict(label=r.label, arm=r.arm, paper=r.paper, ours=_spread(vals)['mean'], spread=_spread(vals), values=vals))
+        rows.append(dict(label=r.label, arm=r.arm, paper=r.paper, ours=_spread(vals)['mean'], spread=_spread(vals),
+                         values=vals))
     ref = next(x for x in rows if x['label'] == t.reference)
     for x in rows:
         x['delta_paper'] = None if x['paper'] is None or ref['paper'] is None else x['paper'] - ref['paper']
@@ -106,7 +119,8 @@ def write_table(t:Table, scale:str, seeds:int, out, jobs:dict, command:str, over
     arms = {a: dict(job=j.to_dict(), command=f"{command} --arm {a}", budget=_budget(j, (metrics[a] or [{}])[0]),
                     run_dirs=[str(_arm_dir(out, a, s)) for s in range(seeds)], finished=len(metrics[a]),
                     train_seconds=[m.get("train_seconds") for m in metrics[a]]) for a, j in jobs.items()}
-    res = dict(table=t.key, title=t.title, scale=scale, note=(t.notes or {}).get(scale, ''), metric=t.metric, unit=t.unit,
+    res = dict(table=t.key, title=t.title, scale=scale, note=(t.notes or {}).get(scale, ''), metric=t.metric,
+               unit=t.unit,
                higher_is_better=t.higher_is_better, paper_metric=t.paper_metric, reference=t.reference, seeds=seeds,
                hardware=hw, command=command, overrides=overrides or {}, rows=rows, arms=arms,
                written=time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()))
@@ -115,24 +129,30 @@ def write_table(t:Table, scale:str, seeds:int, out, jobs:dict, command:str, over
     plot_table(res, out / 'table.png')
     return res
 
-# %% ../../nbs/33_reproduce.ipynb #5ff7411c
+# %% ../../nbs/33_reproduce.ipynb #9962e4e7
 def _f(v, d=2): return '–' if v is None else f'{v:.{d}f}'
 
 def table_markdown(res:dict) -> str:
     "table.json as a human-readable markdown page."
     better = 'higher' if res['higher_is_better'] else 'lower'
     lines = [f"# Table {res['table']}: {res['title']}", '',
-             f"Scale `{res['scale']}`: {res['note']}. Metric: ours `{res['metric']}` ({res['unit']}, {better} is better); paper: {res['paper_metric']}.",
-             f"Seeds: {res['seeds']}. Hardware: {', '.join(res['hardware']) or 'not run yet'}. Deltas: row − `{res['reference']}`.", '',
-             '| row | paper | ours (mean) | spread (std; min–max; n) | Δ paper | Δ ours | arm |', '|---|---|---|---|---|---|---|']
+             f"Scale `{res['scale']}`: {res['note']}. Metric: ours `{res['metric']}` ({res['unit']}, {better} is "
+             f"better); paper: {res['paper_metric']}.",
+             f"Seeds: {res['seeds']}. Hardware: {', '.join(res['hardware']) or 'not run yet'}. Deltas: row − "
+             f"`{res['reference']}`.", '',
+             '| row | paper | ours (mean) | spread (std; min–max; n) | Δ paper | Δ ours | arm |',
+             '|---|---|---|---|---|---|---|']
     for r in res['rows']:
         s = r['spread']
         sp = f"{_f(s['std'])}; {_f(s['min'])}–{_f(s['max'])}; {s['n']}" if s['n'] else '–'
-        lines.append(f"| {r['label']} | {_f(r['paper'])} | {_f(r['ours'])} | {sp} | {_f(r['delta_paper'])} | {_f(r['delta_ours'])} | {r['arm'] or 'not in the library'} |")
+        lines.append(f"| {r['label']} | {_f(r['paper'])} | {_f(r['ours'])} | {sp} | {_f(r['delta_paper'])} | "
+                     f"{_f(r['delta_ours'])} | {r['arm'] or 'not in the library'} |")
     lines += ['', '| arm | budget | finished seeds | command |', '|---|---|---|---|']
-    lines += [f"| {a} | {v['budget']} | {v['finished']}/{res['seeds']} | `{v['command']}` |" for a, v in res['arms'].items()]
+    lines += [f"| {a} | {v['budget']} | {v['finished']}/{res['seeds']} | `{v['command']}` "
+              "|" for a, v in res['arms'].items()]
     return '\n'.join(lines) + '\n'
 
+# %% ../../nbs/33_reproduce.ipynb #7e3c9b29
 def plot_table(res:dict, path) -> Path:
     "One figure: the paper's value and ours (mean, min–max bars) per row, on two panels (their scales differ)."
     import matplotlib; matplotlib.use('Agg', force=False)
@@ -141,27 +161,34 @@ def plot_table(res:dict, path) -> Path:
     fig, axs = plt.subplots(1, 2, figsize=(8, 0.45 * len(rows) + 1.2), sharey=True)
     axs[0].barh(y, [r['paper'] or 0 for r in rows], color='0.6'); axs[0].set_title('paper', fontsize=9)
     ours = [r['ours'] if r['ours'] is not None else 0 for r in rows]
-    err = [[(r['ours'] - r['spread']['min']) if r['ours'] is not None else 0 for r in rows], [(r['spread']['max'] - r['ours']) if r['ours'] is not None else 0 for r in rows]]
-    axs[1].barh(y, ours, xerr=err, color='C0'); axs[1].set_title(f"ours ({res['scale']}, {res['seeds']} seed(s))", fontsize=9)
+    err = [[(r['ours'] - r['spread']['min']) if r['ours'] is not None else 0 for r in rows],
+           [(r['spread']['max'] - r['ours']) if r['ours'] is not None else 0 for r in rows]]
+    axs[1].barh(y, ours, xerr=err, color='C0'); axs[1].set_title(f"ours ({res['scale']}, {res['seeds']} "
+                                                                 "seed(s))", fontsize=9)
     axs[0].set_yticks(y, [r['label'] for r in rows], fontsize=8)
     for ax in axs: ax.set_xlabel(res['unit'], fontsize=8); ax.tick_params(labelsize=8)
     fig.suptitle(f"Table {res['table']}: {res['title']}", fontsize=9); fig.tight_layout()
     fig.savefig(path, dpi=80); plt.close(fig)
     return Path(path)
 
-# %% ../../nbs/33_reproduce.ipynb #8a998ded
+# %% ../../nbs/33_reproduce.ipynb #a94715b7
 def _int(name, v, lo, hi):
     try: i = int(v)
     except (TypeError, ValueError): raise ConfigError(f"--{name} must be an integer, got {v!r}") from None
     if not lo <= i <= hi: raise ConfigError(f"--{name} must be in [{lo}, {hi}], got {v}")
     return i
 
-def run_command(table:str, scale:str='cpu', seeds='1', out=None, device=None, arm=None, baseline_iterations=None, processes='1') -> str:
-    "The `reproduce` command: every argument checked before any work; returns the table as Markdown and the file written."
+def run_command(table:str, scale:str='cpu', seeds='1', out=None, device=None, arm=None, baseline_iterations=None,
+                processes='1') -> str:
+    """The `reproduce` command: every argument checked before any work; returns the table as Markdown and the file
+    written."""
     get_table(table)
     if scale not in TABLE_SCALES: raise ConfigError(f"--scale must be one of {', '.join(TABLE_SCALES)}, got {scale!r}")
     seeds, parallel = _int('seeds', seeds, 1, 100), _int('processes', processes, 1, 64)
-    over = None if baseline_iterations is None else dict(baseline_iterations=_int('baseline-iterations', baseline_iterations, 1, 10**9))
-    if out is not None and Path(out).exists() and not Path(out).is_dir(): raise ConfigError(f"--out {out} is a file, not a folder")
+    over = None if baseline_iterations is None else dict(
+        baseline_iterations=_int('baseline-iterations', baseline_iterations, 1, 10**9))
+    if out is not None and Path(out).exists() and not Path(out).is_dir():
+        raise ConfigError(f"--out {out} is a file, not a folder")
     res = reproduce(table, scale, seeds, out, device, arms=arm, overrides=over, parallel=parallel, progress=False)
-    return table_markdown(res) + f"written: {Path(res['arms'][next(iter(res['arms']))]['run_dirs'][0]).parent / 'table.json'}"
+    return (table_markdown(res)
+            + f"written: {Path(res['arms'][next(iter(res['arms']))]['run_dirs'][0]).parent / 'table.json'}")

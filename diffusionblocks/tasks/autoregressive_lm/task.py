@@ -5,43 +5,62 @@
 # %% auto #0
 __all__ = ['BENCH_MODELS', 'TASK', 'ARLMOptions', 'load_data', 'build', 'generate', 'evaluate', 'sample', 'report', 'ar_bench']
 
-# %% ../../../nbs/27_jobs_lm.ipynb #0ded72a5
+# %% ../../../nbs/27_jobs_lm.ipynb #b2a11c85
 import math, time, json, hashlib, re, warnings
 from pathlib import Path
 import torch
 from ...errors import ConfigError, DiffusionBlocksError
 from ...tokens import load_token_corpus, load_codec
 from dataclasses import dataclass
-from ...text_eval import LMOptions, TOKENIZERS, option, autocast_for, save_tokenizer, text_evaluation, write_samples, lm_report
-from .ar import ar_blocks, ar_config, CausalLM, NextTokenLM, decode_blocks, sample_next_token
+from ...text_eval import (LMOptions, TOKENIZERS, option, autocast_for, save_tokenizer, text_evaluation,
+                                      write_samples, lm_report)
+from .ar import (ar_blocks, ar_config, CausalLM, NextTokenLM, decode_blocks,
+                                                        sample_next_token)
 from .. import Task, TaskData, register_task, register_preset, BenchModel
 from ...noise import LOSS_WEIGHTINGS, check_loss_weighting
 
-# %% ../../../nbs/27_jobs_lm.ipynb #985491ea
+# %% ../../../nbs/27_jobs_lm.ipynb #9f0a484f
 @dataclass(frozen=True)
 class ARLMOptions(LMOptions):
     "The autoregressive LM's options: the shared LM data and text-evaluation options, plus its own."
     share_adapter:bool = option(False, 'one stem/readout shared by all blocks instead of one per block')
-    loss_weighting:str = option('lambda', "how DiffusionBlocks weights the per-token CE by λ(σ) (01_noise): per token ('lambda', the paper), the released broadcast ('official'), 'none', 'clamped'", choices=LOSS_WEIGHTINGS)
-    weight_clamp:float|None = option(None, "cap of λ(σ) in the DiffusionBlocks loss (needed by loss_weighting 'clamped')", lo=1e-6)
-    sample_steps:int|None = option(None, 'Euler steps per token of DiffusionBlocks decoding (block calls = sample_steps + 1; default B − 1)', eval=True, lo=1, hi=10_000)
+    loss_weighting:str = option('lambda', "how DiffusionBlocks weights the per-token CE by λ(σ) (01_noise): per token "
+                                          "('lambda', the paper), the released broadcast ('official'), 'none', "
+                                          "'clamped'", choices=LOSS_WEIGHTINGS)
+    weight_clamp:float|None = option(None, "cap of λ(σ) in the DiffusionBlocks loss (needed by loss_weighting "
+                                           "'clamped')", lo=1e-6)
+    sample_steps:int|None = option(None, 'Euler steps per token of DiffusionBlocks decoding (block calls = '
+                                         'sample_steps + 1; default B − 1)', eval=True, lo=1, hi=10_000)
     def __post_init__(self): super().__post_init__(); check_loss_weighting(self.loss_weighting, self.weight_clamp)
 
-_EVAL = dict(n_eval=1000, continuations=5, prompt_len=32, new_tokens=50, top_p=0.95, mauve_scaling=5., reference='gpt2-large',
+_EVAL = dict(n_eval=1000, continuations=5, prompt_len=32, new_tokens=50, top_p=0.95, mauve_scaling=5.,
+             reference='gpt2-large',
              reference_model=dict(depth=6, hidden=512, heads=8), reference_iterations=20000, n_show=8)
-_LM = dict(model='ar-llama-12', blocks=4, overlap=0.1, batch_size=256, lr=3e-4, weight_decay=0.01, lr_schedule='cosine', epochs=10,
+_LM = dict(model='ar-llama-12', blocks=4, overlap=0.1, batch_size=256, lr=3e-4, weight_decay=0.01,
+           lr_schedule='cosine', epochs=10,
            grad_clip=1.0, save_every=5000)
-register_preset('ar-lm1b', 'autoregressive-lm', 'gpu', "the paper's Llama-style AR transformer on LM1B: 12×768, B=4, γ=0.1, T=256, 10 epochs (Sec. 5.4)",
-                data='lm1b', warmup_fraction=2500 / 137_000, options=dict(_EVAL, seq_len=256, tokenizer='bpe', vocab_size=32000), **_LM)
-register_preset('ar-owt', 'autoregressive-lm', 'gpu', "the paper's Llama-style AR transformer on OpenWebText: 12×768, B=4, γ=0.1, T=1024, 10 epochs (Sec. 5.4)",
-                data='openwebtext', warmup_fraction=2500 / 344_000, options=dict(_EVAL, seq_len=1024, tokenizer='bpe', vocab_size=32000, test_fraction=0.1), **_LM)
-register_preset('ar-shakespeare', 'autoregressive-lm', 'cpu', 'AR transformer 12×64 on TinyShakespeare characters, B=4, γ=0.1, T=64 (minutes on 2 CPU cores)',
-                model='ar-small', data='tinyshakespeare', blocks=4, overlap=0.1, batch_size=16, lr=2e-3, weight_decay=0.01, lr_schedule='cosine',
-                baseline_iterations=500, warmup_fraction=0.05, grad_clip=1.0, save_every=500,
-                options=dict(seq_len=64, tokenizer='char', n_eval=128, continuations=2, prompt_len=32, new_tokens=32, top_p=0.95, mauve_scaling=5.,
-                             reference='local', reference_model=dict(depth=4, hidden=64, heads=4), reference_iterations=300, n_show=6))
+register_preset('ar-lm1b', 'autoregressive-lm', 'gpu', "the paper's Llama-style AR transformer on LM1B: 12×768, B=4, "
+                                                       "γ=0.1, T=256, 10 epochs (Sec. 5.4)",
+                data='lm1b', warmup_fraction=2500 / 137_000, options=dict(_EVAL, seq_len=256, tokenizer='bpe',
+                                                                          vocab_size=32000), **_LM)
+register_preset('ar-owt', 'autoregressive-lm', 'gpu', "the paper's Llama-style AR transformer on OpenWebText: 12×768, "
+                                                      "B=4, γ=0.1, T=1024, 10 epochs (Sec. 5.4)",
+                data='openwebtext', warmup_fraction=2500 / 344_000, options=dict(_EVAL, seq_len=1024, tokenizer='bpe',
+                                                                                 vocab_size=32000, test_fraction=0.1),
+                                                                                 **_LM)
 
-# %% ../../../nbs/27_jobs_lm.ipynb #e1309f70
+# %% ../../../nbs/27_jobs_lm.ipynb #1e39c8b5
+register_preset('ar-shakespeare', 'autoregressive-lm', 'cpu', 'AR transformer 12×64 on TinyShakespeare characters, '
+                                                              'B=4, γ=0.1, T=64 (minutes on 2 CPU cores)',
+                model='ar-small', data='tinyshakespeare', blocks=4, overlap=0.1, batch_size=16, lr=2e-3,
+                weight_decay=0.01, lr_schedule='cosine',
+                baseline_iterations=500, warmup_fraction=0.05, grad_clip=1.0, save_every=500,
+                options=dict(seq_len=64, tokenizer='char', n_eval=128, continuations=2, prompt_len=32, new_tokens=32,
+                             top_p=0.95, mauve_scaling=5.,
+                             reference='local', reference_model=dict(depth=4, hidden=64, heads=4),
+                             reference_iterations=300, n_show=6))
+
+# %% ../../../nbs/27_jobs_lm.ipynb #790b29a4
 def load_data(job) -> TaskData:
     "Train / test windows of the job's corpus; the corpus (codec, splits, texts) in `extra`."
     o = job.options
@@ -56,21 +75,25 @@ def build(job, data:TaskData):
     return ar_blocks(job.model, V, T, blocks=job.blocks, overlap=job.overlap, scheme=job.scheme, split=job.split,
                      share_adapter=o.share_adapter, loss_weighting=o.loss_weighting, weight_clamp=o.weight_clamp)
 
-# %% ../../../nbs/27_jobs_lm.ipynb #8225a9a1
+# %% ../../../nbs/27_jobs_lm.ipynb #ef4fdac9
 @torch.no_grad()
-def generate(model, job, prompt, new_tokens:int, continuations:int=1, seed:int=0, device=None, sample_steps:int=None, top_p:float=None) -> tuple:
-    "(ids (n·continuations, P + new_tokens), seconds): DiffusionBlocks greedy block decoding, or the baseline's top-p sampling."
+def generate(model, job, prompt, new_tokens:int, continuations:int=1, seed:int=0, device=None, sample_steps:int=None,
+             top_p:float=None) -> tuple:
+    """(ids (n·continuations, P + new_tokens), seconds): DiffusionBlocks greedy block decoding, or the baseline's
+    top-p sampling."""
     p = prompt.repeat_interleave(continuations, 0).to(device)
     top_p = job.options.top_p if top_p is None else top_p
     if device is not None and torch.device(device).type == 'cuda': torch.cuda.synchronize()
     t0 = time.perf_counter()
     with autocast_for(device):
-        if job.method == 'e2e': ids = sample_next_token(model, p, new_tokens, top_p=top_p, generator=torch.Generator().manual_seed(seed))
-        else: ids = decode_blocks(model, p, new_tokens, sample_steps=sample_steps or job.options.sample_steps, generator=torch.Generator().manual_seed(seed))
+        if job.method == 'e2e':
+            ids = sample_next_token(model, p, new_tokens, top_p=top_p, generator=torch.Generator().manual_seed(seed))
+        else: ids = decode_blocks(model, p, new_tokens, sample_steps=sample_steps or job.options.sample_steps,
+                                  generator=torch.Generator().manual_seed(seed))
     if device is not None and torch.device(device).type == 'cuda': torch.cuda.synchronize()
     return ids.cpu(), time.perf_counter() - t0
 
-# %% ../../../nbs/27_jobs_lm.ipynb #33707f2d
+# %% ../../../nbs/27_jobs_lm.ipynb #d5515571
 def evaluate(model, job, data:TaskData, device=None, sample_steps:int=None, top_p:float=None) -> dict:
     "Prompted generation from the test split, timed; MAUVE, gen-PPL (+ the reference's PPL of real text) and diversity."
     o = job.options
@@ -82,24 +105,33 @@ def evaluate(model, job, data:TaskData, device=None, sample_steps:int=None, top_
     return text_evaluation(job, data, decode, device)
 
 def sample(model, job, data:TaskData, path, n:int=None, seed:int=0, device=None) -> Path:
-    "Write n prompted continuations (default the job's n_show) to `path`: the prompt, the model's continuation, the true one."
+    """Write n prompted continuations (default the job's n_show) to `path`: the prompt, the model's continuation, the
+    true one."""
     return write_samples(path, job, data, lambda pr, M: generate(model, job, pr, M, 1, seed=seed, device=device)[0], n)
 
 def report(m:dict) -> str:
     if not any(k.startswith('mauve') for k in m): return lm_report(m)
     return lm_report(m) + f", peak memory {m['peak_memory_bytes'] / 2**20:.0f} MiB ({m['peak_memory_method']})"
 
+# %% ../../../nbs/27_jobs_lm.ipynb #e219a2e5
 def ar_bench(model:str, seq_len:int, vocab_size:int, plain:bool=False) -> BenchModel:
-    "The AR transformer of an AR_MODELS size on random ids, for the benchmarks: DiffusionBlocks (the [clean ; noisy] 2L sequence), or `plain`, the next-token baseline (one block)."
-    if plain: return BenchModel(build=lambda B: NextTokenLM(CausalLM(vocab_size, ar_config(model), seq_len)), batch=lambda n, g: torch.randint(0, vocab_size, (n, seq_len), generator=g),
+    """The AR transformer of an AR_MODELS size on random ids, for the benchmarks: DiffusionBlocks (the [clean ;
+    noisy] 2L sequence), or `plain`, the next-token baseline (one block)."""
+    if plain: return BenchModel(build=lambda B: NextTokenLM(CausalLM(vocab_size, ar_config(model), seq_len)),
+                                batch=lambda n, g: torch.randint(0, vocab_size, (n, seq_len), generator=g),
                                 depth=1, description=f'{model} next-token baseline, T = {seq_len}')
-    return BenchModel(build=lambda B: ar_blocks(model, vocab_size, seq_len, blocks=B), batch=lambda n, g: torch.randint(0, vocab_size, (n, seq_len), generator=g),
+    return BenchModel(build=lambda B: ar_blocks(model, vocab_size, seq_len, blocks=B),
+                      batch=lambda n, g: torch.randint(0, vocab_size, (n, seq_len), generator=g),
                       depth=ar_config(model).depth, description=f'{model} as DiffusionBlocks, T = {seq_len}',
-                      draw=lambda net, n, S, dev: decode_blocks(net, torch.zeros(n, 1, dtype=torch.long, device=dev), 16, sample_steps=S))
+                      draw=lambda net, n, S, dev: decode_blocks(net, torch.zeros(n, 1, dtype=torch.long, device=dev),
+                                                                16, sample_steps=S))
 
 BENCH_MODELS = {f'{name}{"-plain" if plain else ""}': ar_bench(model, T, V, plain) for name, model, T, V in
-                (('ar-llama-12', 'ar-llama-12', 256, 32000), ('ar-small', 'ar-small', 64, 65), ('ar-tiny', 'ar-tiny', 32, 65)) for plain in (False, True)}
+                (('ar-llama-12', 'ar-llama-12', 256, 32000), ('ar-small', 'ar-small', 64, 65),
+                 ('ar-tiny', 'ar-tiny', 32, 65)) for plain in (False, True)}
 
-TASK = register_task(Task('autoregressive-lm', methods=('dblocks', 'e2e'), blockwise=('dblocks',), baseline='e2e', options=ARLMOptions,
-                          load_data=load_data, build=build, evaluate=evaluate, sample=sample, sample_file='samples.txt', report=report,
+TASK = register_task(Task('autoregressive-lm', methods=('dblocks', 'e2e'), blockwise=('dblocks',), baseline='e2e',
+                          options=ARLMOptions,
+                          load_data=load_data, build=build, evaluate=evaluate, sample=sample,
+                          sample_file='samples.txt', report=report,
                           files=save_tokenizer, bench_models=BENCH_MODELS))

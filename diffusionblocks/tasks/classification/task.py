@@ -6,19 +6,20 @@
 __all__ = ['METHODS', 'BLOCKWISE', 'CNN_METHODS', 'DIFFUSION_METHODS', 'INFERENCES', 'TASK', 'ClassifyOptions', 'load_data',
            'train_set', 'batch_fn', 'build', 'predictor', 'evaluate', 'classify_run', 'report']
 
-# %% ../../../nbs/22_jobs_classify.ipynb #90298c0d
+# %% ../../../nbs/22_jobs_classify.ipynb #3a8c0d99
 import math, time
 import torch
 from ...errors import ConfigError
 from ...data import load_images, augmentation
 from dataclasses import dataclass
-from .vit import vit_config, vit_blocks, ViT, Supervised, classify as classify_labels, evaluate_classifier, BLOCK0_SIGMA
+from .vit import (vit_config, vit_blocks, ViT, Supervised,
+                                                      classify as classify_labels, evaluate_classifier, BLOCK0_SIGMA)
 from .profiles import PROFILES, get_profile
 from ...noise import LOSS_WEIGHTINGS, check_loss_weighting
 from .baselines import ContrastiveFF, NoPropDT, BackpropCNN, cnn_blocks
 from .. import Task, TaskData, Options, option, register_task, register_preset, register_table
 
-# %% ../../../nbs/22_jobs_classify.ipynb #ca19bfd7
+# %% ../../../nbs/22_jobs_classify.ipynb #1244033d
 METHODS = ('dblocks', 'e2e', 'ff', 'dblocks-cnn', 'noprop-dt', 'backprop-cnn')
 BLOCKWISE = ('dblocks', 'ff', 'dblocks-cnn', 'noprop-dt')      # one of B units per iteration: B× iterations
 CNN_METHODS = ('dblocks-cnn', 'noprop-dt', 'backprop-cnn')
@@ -26,42 +27,55 @@ DIFFUSION_METHODS = ('dblocks', 'dblocks-cnn')                 # classify by sam
 
 INFERENCES = {   # named DiffusionBlocks inference variants; 'paper' is the released procedure and the headline
     'paper': dict(cond_max=None),               # first call at σ_max, one noise draw (the paper / released code)
-    'capped': dict(cond_max='auto'),            # calls above block 0's 99.9 % training quantile made at it, state rescaled (`15_vit`)
-    'draws-8': dict(cond_max=None, draws=8),    # the paper's procedure, class probabilities averaged over 8 initial-noise draws
+    # calls above block 0's 99.9 % training quantile made at it, state rescaled (`15_vit`)
+    'capped': dict(cond_max='auto'),
+    # the paper's procedure, class probabilities averaged over 8 initial-noise draws
+    'draws-8': dict(cond_max=None, draws=8),
 }
 
+# %% ../../../nbs/22_jobs_classify.ipynb #50b3a57f
 @dataclass(frozen=True)
 class ClassifyOptions(Options):
     "The classification task's options: model profile, data subset, augmentation, method settings; and evaluation."
-    profile:str = option('paper', "model configuration: the library's form ('paper') or the released code's ('released', trains in fp32)", choices=tuple(PROFILES))
-    share_adapter:bool = option(False, "one stem/readout shared by all blocks (the released code) instead of one per block")
+    profile:str = option('paper', "model configuration: the library's form ('paper') or the released code's "
+                                  "('released', trains in fp32)", choices=tuple(PROFILES))
+    share_adapter:bool = option(False, "one stem/readout shared by all blocks (the released code) instead of one per "
+                                       "block")
     block0_sigma:str = option('log-normal', "block 0's training σ law", choices=BLOCK0_SIGMA)
-    loss_weighting:str|None = option(None, "how DiffusionBlocks weights the per-sample CE by λ(σ) (01_noise); default the profile's ('lambda' paper, 'official' released)", choices=LOSS_WEIGHTINGS)
-    weight_clamp:float|None = option(None, "cap of λ(σ) in the DiffusionBlocks loss (needed by loss_weighting 'clamped')", lo=1e-6)
+    loss_weighting:str|None = option(None, "how DiffusionBlocks weights the per-sample CE by λ(σ) (01_noise); default "
+                                           "the profile's ('lambda' paper, 'official' released)",
+                                           choices=LOSS_WEIGHTINGS)
+    weight_clamp:float|None = option(None, "cap of λ(σ) in the DiffusionBlocks loss (needed by loss_weighting "
+                                           "'clamped')", lo=1e-6)
     tau:float = option(0.15, "Forward-Forward's contrastive temperature", lo=1e-6, hi=100)
     limit:int|None = option(None, 'keep a seeded subset of this many training images', lo=1)
     test_limit:int|None = option(None, 'keep a seeded subset of this many test images', lo=1)
     flip:bool = option(False, 'augmentation: random horizontal flips')
     crop_padding:int = option(0, 'augmentation: random crops after this much zero padding (0: off)', lo=0, hi=64)
     randaugment:bool = option(False, 'augmentation: RandAugment')
-    sample_steps:int|None = option(None, 'Euler steps of the classifier (block calls = sample_steps + 1; default B − 1)', eval=True, lo=1, hi=10_000)
+    sample_steps:int|None = option(None, 'Euler steps of the classifier (block calls = sample_steps + 1; default B − '
+                                         '1)', eval=True, lo=1, hi=10_000)
     curve:tuple[int, ...] = option((), 'also report accuracy at these sample_steps', eval=True)
     inference:str = option('paper', 'the headline inference of DiffusionBlocks', eval=True, choices=tuple(INFERENCES))
-    variants:tuple[str, ...]|None = option(None, 'other inferences to report (default all)', eval=True, choices=tuple(INFERENCES))
+    variants:tuple[str, ...]|None = option(None, 'other inferences to report (default '
+                                                 'all)', eval=True, choices=tuple(INFERENCES))
     @classmethod
     def legacy(cls, d):
         "Older runs kept augmentation as one dict."
         aug = d.get('augment') or {}
-        if not isinstance(aug, dict): raise ConfigError(f"option augment must be a JSON object of flip, crop_padding, randaugment, got {aug!r}")
+        if not isinstance(aug, dict):
+            raise ConfigError(f"option augment must be a JSON object of flip, crop_padding, randaugment, got {aug!r}")
         return {**{k: v for k, v in d.items() if k != 'augment'}, **aug}
-    def train_overrides(self) -> dict: return {'precision': get_profile(self.profile).precision} if get_profile(self.profile).precision else {}
+    def train_overrides(self) -> dict:
+        return {'precision': get_profile(self.profile).precision} if get_profile(self.profile).precision else {}
     def __post_init__(self):
         super().__post_init__()
         check_loss_weighting(self.loss_weighting or get_profile(self.profile).loss_weighting, self.weight_clamp)
 
-# %% ../../../nbs/22_jobs_classify.ipynb #d0f106bb
+# %% ../../../nbs/22_jobs_classify.ipynb #bbe0fa3f
 _CIFAR = dict(model='vit-cifar', blocks=3, overlap=0.05, batch_size=128, lr=5e-4, epochs=500, warmup_fraction=10 / 500,
-              options=dict(profile='released', flip=True, crop_padding=4, randaugment=True, tau=0.15, share_adapter=True, curve=[1, 2, 3, 5, 9], inference='paper'))
+              options=dict(profile='released', flip=True, crop_padding=4, randaugment=True, tau=0.15,
+                           share_adapter=True, curve=[1, 2, 3, 5, 9], inference='paper'))
 _CNN = lambda lr: {m: dict(lr=lr, overlap=0.1) for m in CNN_METHODS}
 
 def _register(name, scale, description, arms=False, **job):
@@ -72,62 +86,82 @@ def _register(name, scale, description, arms=False, **job):
         register_preset(f'{name}-{m}', 'classification', scale, f'the {m} arm of {name}', method_overrides=over,
                         **{**job, **over.get(m, {}), 'method': m})
 
-_register('vit-digits', 'cpu', 'ViT 6×64 on the embedded 8×8 digits as DiffusionBlocks, B=3 (minutes on 2 CPU cores)', arms=True,
-          data='digits', model='vit-digits', blocks=3, overlap=0.05, batch_size=128, lr=2e-3, baseline_iterations=1500, warmup_fraction=100 / 1500,
+_register('vit-digits', 'cpu', 'ViT 6×64 on the embedded 8×8 digits as DiffusionBlocks, B=3 (minutes on 2 CPU '
+                               'cores)', arms=True,
+          data='digits', model='vit-digits', blocks=3, overlap=0.05, batch_size=128, lr=2e-3, baseline_iterations=1500,
+          warmup_fraction=100 / 1500,
           options=dict(tau=0.15, curve=[1, 2, 3, 5, 9], inference='paper'), method_overrides=_CNN(1e-3))
-_register('vit-cifar10', 'gpu', "the paper's ViT on CIFAR-10, B=3, 500 epochs (Sec. 5.1)", arms=True, data='cifar10', **_CIFAR, method_overrides=_CNN(1e-4))
-_register('vit-cifar100', 'gpu', "the paper's ViT on CIFAR-100, B=3, 500 epochs (Sec. 5.1, Table 1)", data='cifar100', **_CIFAR, method_overrides=_CNN(1e-4))
-_register('vit-tiny-imagenet', 'gpu', "the paper's ViT-768 on Tiny-ImageNet, B=2, 100 epochs (App. F.1)", data='tiny-imagenet',
-          **{**_CIFAR, 'model': 'vit-tiny-imagenet', 'blocks': 2, 'batch_size': 256, 'lr': 1e-4, 'epochs': 100, 'warmup_fraction': 0.,
+_register('vit-cifar10', 'gpu', "the paper's ViT on CIFAR-10, B=3, 500 epochs (Sec. "
+                                "5.1)", arms=True, data='cifar10', **_CIFAR, method_overrides=_CNN(1e-4))
+_register('vit-cifar100', 'gpu', "the paper's ViT on CIFAR-100, B=3, 500 epochs (Sec. 5.1, Table "
+                                 "1)", data='cifar100', **_CIFAR, method_overrides=_CNN(1e-4))
+_register('vit-tiny-imagenet', 'gpu', "the paper's ViT-768 on Tiny-ImageNet, B=2, 100 epochs (App. "
+                                      "F.1)", data='tiny-imagenet',
+          **{**_CIFAR, 'model': 'vit-tiny-imagenet', 'blocks': 2, 'batch_size': 256, 'lr': 1e-4, 'epochs': 100,
+             'warmup_fraction': 0.,
              'options': dict(_CIFAR['options'], randaugment=False)}, method_overrides=_CNN(1e-4))
 
-# %% ../../../nbs/22_jobs_classify.ipynb #d9b67556
+# %% ../../../nbs/22_jobs_classify.ipynb #c6cdeb17
 def load_data(job) -> TaskData:
     "(train, test) ImageData of a job: 'standard' normalisation with the train split's statistics."
     o = job.options
     test_split = 'valid' if job.data == 'tiny-imagenet' else 'test'
     tr = load_images(job.data, 'train', normalize='standard', limit=o.limit, seed=job.seed)
-    te = load_images(job.data, test_split, normalize='standard', mean=tr.mean.tolist(), std=tr.std.tolist(), limit=o.test_limit, seed=job.seed)
+    te = load_images(job.data, test_split, normalize='standard', mean=tr.mean.tolist(), std=tr.std.tolist(),
+                     limit=o.test_limit, seed=job.seed)
     return TaskData(tr, te)
 
 def train_set(job, data:TaskData):
     "The training split with the job's augmentation."
-    return data.train.with_transform(augmentation(data.train, flip=job.options.flip, crop_padding=job.options.crop_padding, randaugment=job.options.randaugment))
+    return data.train.with_transform(augmentation(data.train, flip=job.options.flip,
+                                                  crop_padding=job.options.crop_padding,
+                                                  randaugment=job.options.randaugment))
 
 def batch_fn(b): return b[1], {'x': b[0]}            # (images, labels) -> (y = labels, cond = {'x': images})
 
+# %% ../../../nbs/22_jobs_classify.ipynb #17e0ab2f
 def build(job, data:TaskData):
     "The model of the job's method for the data's image shape and classes."
     C, H, _ = data.train.shape
     K, m, B = data.train.num_classes, job.method, job.blocks
     if m in ('dblocks', 'e2e', 'ff'):
         cfg = vit_config(job.model)
-        if (cfg.channels, cfg.image_size) != (C, H): cfg = vit_config({**cfg.to_dict(), 'channels': C, 'image_size': H})   # same ViT, other images
+        # same ViT, other images
+        if (cfg.channels, cfg.image_size) != (C, H): cfg = vit_config({**cfg.to_dict(), 'channels': C, 'image_size': H})
         if m == 'dblocks':
             o = job.options
             kw = {} if o.profile == 'paper' else dict(profile=o.profile)
-            return vit_blocks(cfg, K, blocks=B, overlap=job.overlap, scheme=job.scheme, split=job.split, share_adapter=o.share_adapter,
-                              block0_sigma=o.block0_sigma, loss_weighting=o.loss_weighting, weight_clamp=o.weight_clamp, **kw)
+            return vit_blocks(cfg, K, blocks=B, overlap=job.overlap, scheme=job.scheme, split=job.split,
+                              share_adapter=o.share_adapter,
+                              block0_sigma=o.block0_sigma, loss_weighting=o.loss_weighting,
+                              weight_clamp=o.weight_clamp, **kw)
         if m == 'e2e': return Supervised(ViT(cfg, K))
         return ContrastiveFF(cfg, K, blocks=B, tau=job.options.tau, split=job.split)
-    if m == 'dblocks-cnn': return cnn_blocks(C, H, K, blocks=B, overlap=job.overlap, loss_weighting=job.options.loss_weighting or 'lambda', weight_clamp=job.options.weight_clamp)
+    if m == 'dblocks-cnn':
+        return cnn_blocks(C, H, K, blocks=B, overlap=job.overlap,
+                          loss_weighting=job.options.loss_weighting or 'lambda', weight_clamp=job.options.weight_clamp)
     if m == 'noprop-dt': return NoPropDT(C, H, K, T=B)
     return BackpropCNN(C, H, K, T=B)                   # end to end (one engine block) through a chain of B CNNs
 
-# %% ../../../nbs/22_jobs_classify.ipynb #7cf56cee
+# %% ../../../nbs/22_jobs_classify.ipynb #c0d12e3a
 def predictor(model, job, sample_steps:int=None, seed:int=0, cond_max='auto', draws:int=1):
-    "x -> logits for any method (DiffusionBlocks: `vit.classify` with `sample_steps` Euler steps and seeded initial noise)."
+    """x -> logits for any method (DiffusionBlocks: `vit.classify` with `sample_steps` Euler steps and seeded initial
+    noise)."""
     g = {}
     def gen(x):
         if 'g' not in g: g['g'] = torch.Generator(x.device).manual_seed(seed)
         return g['g']
     if job.method in DIFFUSION_METHODS:
-        return lambda x: classify_labels(model, x, sample_steps=sample_steps, generator=gen(x), cond_max=cond_max, draws=draws)
+        return lambda x: classify_labels(model, x, sample_steps=sample_steps, generator=gen(x), cond_max=cond_max,
+                                         draws=draws)
     if job.method in ('noprop-dt', 'backprop-cnn'): return lambda x: model.predict(x, generator=gen(x))
     return model.predict
 
-def evaluate(model, job, data:TaskData, device=None, sample_steps:int=None, curve=None, inference:str=None, variants=None, batch_size:int=500) -> dict:
-    "Accuracy, ECE and NLL on the whole test split (DiffusionBlocks: with the `inference` variant, default the paper's); also the other variants and accuracy against sample_steps."
+# %% ../../../nbs/22_jobs_classify.ipynb #7c2abb93
+def evaluate(model, job, data:TaskData, device=None, sample_steps:int=None, curve=None, inference:str=None,
+             variants=None, batch_size:int=500) -> dict:
+    """Accuracy, ECE and NLL on the whole test split (DiffusionBlocks: with the `inference` variant, default the
+    paper's); also the other variants and accuracy against sample_steps."""
     te = data.test
     if te is None: raise ConfigError(f"data {job.data} has no test split to evaluate on")
     diffusion = job.method in DIFFUSION_METHODS
@@ -136,60 +170,85 @@ def evaluate(model, job, data:TaskData, device=None, sample_steps:int=None, curv
     for n in [inf, *names]:
         if n not in INFERENCES: raise ConfigError(f"unknown inference {n!r}; known: {', '.join(INFERENCES)}")
     S = sample_steps if sample_steps is not None else (job.options.sample_steps or model.num_blocks - 1)
-    if diffusion and not (isinstance(S, int) and S >= 1): raise ConfigError(f"sample_steps must be an integer >= 1, got {S!r}")
+    if diffusion and not (isinstance(S, int) and S >= 1):
+        raise ConfigError(f"sample_steps must be an integer >= 1, got {S!r}")
     t0 = time.perf_counter()
-    res = evaluate_classifier(predictor(model, job, S, **(INFERENCES[inf] if diffusion else {})), te.images, te.labels, batch_size, device)
+    res = evaluate_classifier(predictor(model, job, S, **(INFERENCES[inf] if diffusion else {})), te.images, te.labels,
+                              batch_size, device)
     seconds = time.perf_counter() - t0
-    out = dict(accuracy=res['accuracy'], ece=res['ece'], nll=res['nll'], n_test=res['n'], eval_seconds=round(seconds, 2),
-               sample_steps=S if diffusion else None, block_calls=S + 1 if diffusion else None, inference=inf if diffusion else None)
+    out = dict(accuracy=res['accuracy'], ece=res['ece'], nll=res['nll'], n_test=res['n'],
+               eval_seconds=round(seconds, 2), sample_steps=S if diffusion else None,
+               block_calls=S + 1 if diffusion else None,
+               inference=inf if diffusion else None)
     if diffusion:
-        acc = lambda s, v: evaluate_classifier(predictor(model, job, s, **INFERENCES[v]), te.images, te.labels, batch_size, device)['accuracy']
-        out['accuracy_by_inference'] = {v: res['accuracy'] if v == inf else acc(S, v) for v in dict.fromkeys([inf, *names])}
+        acc = lambda s, v: evaluate_classifier(predictor(model, job, s, **INFERENCES[v]), te.images, te.labels,
+                                               batch_size, device)['accuracy']
+        out['accuracy_by_inference'] = {v: res['accuracy'] if v == inf else acc(S, v)
+                                        for v in dict.fromkeys([inf, *names])}
         steps = sorted(set(curve if curve is not None else job.options.curve) | {S})
-        pick = lambda s, v: out['accuracy_by_inference'][v] if s == S and v in out['accuracy_by_inference'] else acc(s, v)
-        out['accuracy_vs_sample_steps'] = {str(s): pick(s, 'capped') for s in steps}                       # the capped inference (its old meaning)
-        out['accuracy_vs_sample_steps_paper_inference'] = {str(s): pick(s, 'paper') for s in steps}        # first call at σ_max
+        pick = lambda s, v: (out['accuracy_by_inference'][v] if s == S and v in out['accuracy_by_inference']
+                             else acc(s, v))
+        # the capped inference (its old meaning)
+        out['accuracy_vs_sample_steps'] = {str(s): pick(s, 'capped') for s in steps}
+        # first call at σ_max
+        out['accuracy_vs_sample_steps_paper_inference'] = {str(s): pick(s, 'paper') for s in steps}
     return out
 
+# %% ../../../nbs/22_jobs_classify.ipynb #25138e53
 def classify_run(model, job, data:TaskData, device=None, sample_steps=None, **_) -> dict:
     "The `classify` command on a run: accuracy at each of `sample_steps` (a list) Euler steps."
     steps = sample_steps if sample_steps is not None else [job.options.sample_steps or model.num_blocks - 1]
-    return {str(s): evaluate(model, job, data, device, sample_steps=s, curve=[], variants=[])['accuracy'] for s in steps}   # the headline (paper) inference
+    # the headline (paper) inference
+    return {str(s): evaluate(model, job, data, device, sample_steps=s, curve=[],
+                             variants=[])['accuracy'] for s in steps}
 
 def report(m:dict) -> str:
-    line = (f"{m['method']} on {m['dataset']}: accuracy {m['accuracy']:.4f}" + (f" ({m['inference']} inference)" if m.get('inference') else '') + f", ECE {m['ece']:.4f}, NLL {m['nll']:.4f}; "
-            f"{m['iterations']} iterations in {m['train_seconds']:.0f} s on {m['hardware']}") if 'accuracy' in m else f"{m['method']}: {m['iterations']} iterations (not evaluated)"
+    line = (f"{m['method']} on {m['dataset']}: accuracy "
+            f"{m['accuracy']:.4f}" + (f" ({m['inference']} inference)" if m.get('inference') else '')
+            + f", ECE {m['ece']:.4f}, NLL {m['nll']:.4f}; "
+            f"{m['iterations']} iterations in {m['train_seconds']:.0f} s on {m['hardware']}"
+            ) if 'accuracy' in m else f"{m['method']}: {m['iterations']} iterations (not evaluated)"
     if m.get('accuracy_by_inference'):
         line += '; by inference: ' + ', '.join(f"{k} {v:.4f}" for k, v in m['accuracy_by_inference'].items())
     if m.get('accuracy_vs_sample_steps_paper_inference'):
-        line += '; paper inference vs sample_steps: ' + ', '.join(f"{k}: {v:.4f}" for k, v in m['accuracy_vs_sample_steps_paper_inference'].items())
+        line += '; paper inference vs sample_steps: ' + ', '.join(
+            f"{k}: {v:.4f}" for k, v in m['accuracy_vs_sample_steps_paper_inference'].items())
     return line
 
-TASK = register_task(Task('classification', methods=METHODS, blockwise=BLOCKWISE, load_data=load_data, build=build, evaluate=evaluate,
-                          batch_fn=batch_fn, train_set=train_set, classify=classify_run, report=report, options=ClassifyOptions, baseline='e2e'))
+TASK = register_task(Task('classification', methods=METHODS, blockwise=BLOCKWISE, load_data=load_data, build=build,
+                          evaluate=evaluate,
+                          batch_fn=batch_fn, train_set=train_set, classify=classify_run, report=report,
+                          options=ClassifyOptions, baseline='e2e'))
 
-# %% ../../../nbs/22_jobs_classify.ipynb #e3e24fdc
+# %% ../../../nbs/22_jobs_classify.ipynb #fa6a2790
 _VIT_CPU = dict(baseline_iterations=300, options=dict(profile='released', share_adapter=True))
 _VIT_GPU = dict(baseline_iterations=2000, options=dict(flip=True, crop_padding=4, randaugment=False))
 
 def _vit_arms(methods:dict, scale:str, paper:dict=None) -> dict:
     "{arm: job spec} for classification methods {arm: method} at a scale."
-    preset, kw = {'cpu': ('vit-digits', _VIT_CPU), 'gpu-short': ('vit-cifar10', _VIT_GPU), 'paper': ('vit-cifar100', paper or {})}[scale]
+    preset, kw = {'cpu': ('vit-digits', _VIT_CPU), 'gpu-short': ('vit-cifar10', _VIT_GPU),
+                  'paper': ('vit-cifar100', paper or {})}[scale]
     return {a: dict(preset=preset, method=m, **kw) for a, m in methods.items()}
 
 register_table('1', 'ViT classification on CIFAR-100 (Sec. 5.1)',
-               [('ViT (end-to-end)', 'e2e', 60.25), ('+ Forward-Forward', 'ff', 7.85), ('+ DiffusionBlocks (B = 3)', 'dblocks', 59.30)],
+               [('ViT (end-to-end)', 'e2e', 60.25), ('+ Forward-Forward', 'ff', 7.85), ('+ DiffusionBlocks (B = '
+                                                                                        '3)', 'dblocks', 59.30)],
                'accuracy', lambda s: _vit_arms({'e2e': 'e2e', 'ff': 'ff', 'dblocks': 'dblocks'}, s), 'ViT (end-to-end)',
                paper_metric='top-1 test accuracy, CIFAR-100, 500 epochs',
-               notes={'cpu': 'embedded 8x8 digits, ViT 6x64 (released profile, shared adapter), 300 baseline iterations',
-                      'gpu-short': 'CIFAR-10 copy, the paper ViT (released profile), 2,000 baseline iterations, crop + flip',
+               notes={'cpu': 'embedded 8x8 digits, ViT 6x64 (released profile, shared adapter), 300 baseline '
+                             'iterations',
+                      'gpu-short': 'CIFAR-10 copy, the paper ViT (released profile), 2,000 baseline iterations, crop + '
+                                   'flip',
                       'paper': 'vit-cifar100 preset as it is'})
 
+# %% ../../../nbs/22_jobs_classify.ipynb #10411ed8
 register_table('6', 'Comparison with NoProp on CIFAR-100 (Sec. 5.6.1)',
                [('Backprop', 'backprop-cnn', 47.80), ('NoProp-DT', 'noprop-dt', 46.06), ('NoProp-CT', None, 21.31),
                 ('NoProp-FM', None, 37.57), ('DiffusionBlocks', 'dblocks-cnn', 46.88)],
-               'accuracy', lambda s: _vit_arms({'backprop-cnn': 'backprop-cnn', 'noprop-dt': 'noprop-dt', 'dblocks-cnn': 'dblocks-cnn'}, s,
+               'accuracy', lambda s: _vit_arms({'backprop-cnn': 'backprop-cnn', 'noprop-dt': 'noprop-dt',
+                                                'dblocks-cnn': 'dblocks-cnn'}, s,
                                                paper=dict(epochs=1000, options=dict(sample_steps=999))), 'Backprop',
                paper_metric='top-1 test accuracy, CIFAR-100, NoProp CNN, 1,000 epochs',
                notes={'cpu': 'embedded 8x8 digits, NoProp CNN, T = B = 3, 300 baseline iterations',
-                      'gpu-short': 'CIFAR-10 copy, NoProp CNN, 2,000 baseline iterations', 'paper': 'vit-cifar100 CNN arms, 1,000 epochs, 1,000 Euler steps'})
+                      'gpu-short': 'CIFAR-10 copy, NoProp CNN, 2,000 baseline iterations',
+                      'paper': 'vit-cifar100 CNN arms, 1,000 epochs, 1,000 Euler steps'})

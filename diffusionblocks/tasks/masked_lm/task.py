@@ -18,11 +18,12 @@ from dataclasses import dataclass
 from ...partition import MASK_SCHEDULES
 from .. import Task, TaskData, Options, option, register_task, register_preset, BenchModel
 
-# %% ../../../nbs/24_jobs_text.ipynb #3b1568a0
+# %% ../../../nbs/24_jobs_text.ipynb #4eab9be8
 TEXT8_TRAIN_SEQUENCES = 90_000_000 // 256                 # 351,562 sequences of 256 in text8's train split
 _MD4_BASE = math.ceil(100 * TEXT8_TRAIN_SEQUENCES / 256)  # 100 epochs at batch 256: 137,329 iterations
 SCHEMES = {'equal-mass': 'equal-mass', 'linear': 'linear'} # Job.scheme -> MaskPartition scheme (equal α / equal t)
 
+# %% ../../../nbs/24_jobs_text.ipynb #3cd83123
 @dataclass(frozen=True)
 class MaskedLMOptions(Options):
     "The masked-diffusion LM's options: windows, corpus cleaning, masking schedule; and evaluation."
@@ -32,7 +33,8 @@ class MaskedLMOptions(Options):
     mask_schedule:str = option('linear', 'masking schedule α(t)', choices=MASK_SCHEDULES)
     share_adapter:bool = option(False, 'one stem/readout shared by all blocks instead of one per block')
     n_eval:int|None = option(None, 'test sequences for the BPC (default all)', eval=True, lo=1)
-    elbo_samples:int|None = option(None, 'ELBO samples of t per test sequence (default: the estimator\'s)', eval=True, lo=1, hi=10_000)
+    elbo_samples:int|None = option(None, 'ELBO samples of t per test sequence (default: the '
+                                         'estimator\'s)', eval=True, lo=1, hi=10_000)
     intervals:int = option(3, 'α intervals the end-to-end BPC is split over', eval=True, lo=1, hi=1024)
     sample_steps:int = option(48, 'unmasking steps of the sampler', eval=True, lo=1, hi=100_000)
     n_samples:int = option(4, 'sequences `sample` writes', eval=True, lo=1, hi=10_000)
@@ -44,50 +46,69 @@ class MaskedLMOptions(Options):
             if old in d: d[new] = d.pop(old)
         return d
 
-register_preset('md4-text8', 'masked-lm', 'gpu', "the paper's MD4 on text8: 12×768 DiT-style transformer, B=3, T=256, 100 epochs (Sec. 5.3)",
-                model='md4-text8', data='text8', blocks=3, overlap=0.05, batch_size=256, lr=3e-4, weight_decay=0.03, lr_schedule='cosine',
+# %% ../../../nbs/24_jobs_text.ipynb #ed0e72a0
+register_preset('md4-text8', 'masked-lm', 'gpu', "the paper's MD4 on text8: 12×768 DiT-style transformer, B=3, T=256, "
+                                                 "100 epochs (Sec. 5.3)",
+                model='md4-text8', data='text8', blocks=3, overlap=0.05, batch_size=256, lr=3e-4, weight_decay=0.03,
+                lr_schedule='cosine',
                 epochs=100, warmup_fraction=2000 / _MD4_BASE, grad_clip=1.0, save_every=5000,
-                options=dict(seq_len=256, mask_schedule='linear', elbo_samples=12, sample_steps=240, n_samples=4, intervals=3))
-register_preset('md4-shakespeare', 'masked-lm', 'cpu', 'MD4 12×64 on text8-style TinyShakespeare, B=3, T=64 (minutes on 2 CPU cores)',
-                model='mdm-small', data='tinyshakespeare', blocks=3, overlap=0.05, batch_size=32, lr=2e-3, weight_decay=0.03, lr_schedule='cosine',
+                options=dict(seq_len=256, mask_schedule='linear', elbo_samples=12, sample_steps=240, n_samples=4,
+                             intervals=3))
+register_preset('md4-shakespeare', 'masked-lm', 'cpu', 'MD4 12×64 on text8-style TinyShakespeare, B=3, T=64 (minutes '
+                                                       'on 2 CPU cores)',
+                model='mdm-small', data='tinyshakespeare', blocks=3, overlap=0.05, batch_size=32, lr=2e-3,
+                weight_decay=0.03, lr_schedule='cosine',
                 baseline_iterations=400, warmup_fraction=20 / 400, grad_clip=1.0, save_every=500,
-                options=dict(seq_len=64, mask_schedule='linear', elbo_samples=6, sample_steps=48, n_samples=4, intervals=3))
+                options=dict(seq_len=64, mask_schedule='linear', elbo_samples=6, sample_steps=48, n_samples=4,
+                             intervals=3))
 
-# %% ../../../nbs/24_jobs_text.ipynb #7fe88bfe
+# %% ../../../nbs/24_jobs_text.ipynb #571dca93
 def load_data(job) -> TaskData:
     "Train / test sequences of the job's corpus (the validation split in `extra`), with its vocabulary."
     o = job.options
     T = o.seq_len
     c = load_char_corpus(job.data, clean=o.clean)
-    src = f"{c.source}" + (' (text8_clean)' if (o.clean if o.clean is not None else c.source == 'tinyshakespeare') else '')
+    src = f"{c.source}" + (' (text8_clean)' if (o.clean if o.clean is not None else c.source == 'tinyshakespeare')
+                           else '')
     seqs = lambda split, stride=None: TextSequences(c[split], T, stride, source=src)
     return TaskData(seqs('train', o.stride), seqs('test'), dict(vocab=c.vocab, val=seqs('val'), path=str(c.path)))
 
 def build(job, data:TaskData):
     "The job's masked-diffusion transformer as B DiffusionBlocks (B = 1: end to end)."
-    if job.scheme not in SCHEMES: raise ConfigError(f"scheme {job.scheme!r} does not apply to masked diffusion; use equal-mass (equal α decrements) or linear (equal widths in t)")
+    if job.scheme not in SCHEMES:
+        raise ConfigError(f"scheme {job.scheme!r} does not apply to masked diffusion; use equal-mass (equal α "
+                          "decrements) or linear (equal widths in t)")
     o = job.options
-    return mdm_blocks(job.model, vocab_size=len(data.extra['vocab']), seq_len=data.train.seq_len, blocks=job.blocks, overlap=job.overlap,
-                      schedule=o.mask_schedule, scheme=SCHEMES[job.scheme], split=job.split, share_adapter=o.share_adapter)
+    return mdm_blocks(job.model, vocab_size=len(data.extra['vocab']), seq_len=data.train.seq_len, blocks=job.blocks,
+                      overlap=job.overlap,
+                      schedule=o.mask_schedule, scheme=SCHEMES[job.scheme], split=job.split,
+                      share_adapter=o.share_adapter)
 
 def _unigram_bits(ids, V):
     p = torch.bincount(ids.flatten(), minlength=V).double(); p = p[p > 0] / p.sum()
     return -(p * p.log2()).sum().item()
 
-def evaluate(model, job, data:TaskData, device=None, n_eval:int=None, samples:int=None, intervals:int=None, batch_size:int=64, **_) -> dict:
-    "Test-split BPC (continuous-time ELBO, bits per character) ± its standard error, and its split over the α intervals."
+# %% ../../../nbs/24_jobs_text.ipynb #c72bb47c
+def evaluate(model, job, data:TaskData, device=None, n_eval:int=None, samples:int=None, intervals:int=None,
+             batch_size:int=64, **_) -> dict:
+    """Test-split BPC (continuous-time ELBO, bits per character) ± its standard error, and its split over the α
+    intervals."""
     o = job.options
     n_int = model.num_blocks if model.num_blocks > 1 else (intervals or o.intervals)
     P = model.partition
     iv = P if n_int == model.num_blocks else MaskPartition(n_int, schedule=P.schedule, scheme=P.scheme)
     tokens = data.test.tensor(n_eval or o.n_eval)
     t0 = time.perf_counter()
-    r = elbo_bpc(model, tokens, samples=samples or o.elbo_samples, intervals=iv, batch_size=batch_size, seed=job.seed + 1, device=device)
-    return dict(bpc=r['bpc'], bpc_stderr=r['bpc_stderr'], bpc_per_block=r['bpc_per_block'], bpc_per_block_stderr=r['bpc_per_block_stderr'],
-                intervals=[list(iv.nominal(k)) for k in range(n_int)], n_test_sequences=r['n_sequences'], seq_len=data.train.seq_len,
+    r = elbo_bpc(model, tokens, samples=samples or o.elbo_samples, intervals=iv, batch_size=batch_size,
+                 seed=job.seed + 1, device=device)
+    return dict(bpc=r['bpc'], bpc_stderr=r['bpc_stderr'], bpc_per_block=r['bpc_per_block'],
+                bpc_per_block_stderr=r['bpc_per_block_stderr'],
+                intervals=[list(iv.nominal(k)) for k in range(n_int)], n_test_sequences=r['n_sequences'],
+                seq_len=data.train.seq_len,
                 samples_per_sequence=r['samples'], unigram_bpc_test=_unigram_bits(tokens, len(data.extra['vocab'])),
                 eval_seconds=round(time.perf_counter() - t0, 2))
 
+# %% ../../../nbs/24_jobs_text.ipynb #89443984
 def sample(model, job, data:TaskData, path, n:int=None, seed:int=0, device=None, sample_steps:int=None, **_) -> Path:
     "Write n sampled sequences (default the job's n_samples) as text to `path`, one paragraph each."
     n, S = n or job.options.n_samples, sample_steps or job.options.sample_steps
@@ -99,18 +120,25 @@ def sample(model, job, data:TaskData, path, n:int=None, seed:int=0, device=None,
 def report(m:dict) -> str:
     if 'bpc' not in m: return f"{m['method']} B={m['blocks']}: {m['iterations']} iterations (not evaluated)"
     per = ', '.join(f'{v:.3f}' for v in m['bpc_per_block'])
-    return (f"{m['method']} B={m['blocks']} on {m['dataset']}: BPC {m['bpc']:.3f} ± {m['bpc_stderr']:.3f} (per α interval, most masked first: {per}; "
-            f"test unigram entropy {m['unigram_bpc_test']:.3f}); {m['iterations']} iterations in {m['train_seconds']:.0f} s, "
+    return (f"{m['method']} B={m['blocks']} on {m['dataset']}: BPC {m['bpc']:.3f} ± {m['bpc_stderr']:.3f} (per α "
+            f"interval, most masked first: {per}; "
+            f"test unigram entropy {m['unigram_bpc_test']:.3f}); {m['iterations']} iterations in "
+            f"{m['train_seconds']:.0f} s, "
             f"peak memory {m['peak_memory_bytes'] / 2**20:.0f} MiB ({m['peak_memory_method']})")
 
+# %% ../../../nbs/24_jobs_text.ipynb #19d1bd58
 def mdm_bench(model:str, seq_len:int, vocab_size:int=27) -> BenchModel:
     "A masked-diffusion transformer of an MDM_MODELS size on random character ids, for the benchmarks."
     return BenchModel(build=lambda B: mdm_blocks(model, vocab_size, seq_len, blocks=B),
-                      batch=lambda n, g: torch.randint(0, vocab_size, (n, seq_len), generator=g), depth=mdm_config(model).depth,
-                      draw=lambda net, n, S, dev: sample_tokens(net, n, seq_len, S, device=dev), description=f'{model}, T = {seq_len}')
+                      batch=lambda n, g: torch.randint(0, vocab_size, (n, seq_len), generator=g),
+                      depth=mdm_config(model).depth,
+                      draw=lambda net, n, S, dev: sample_tokens(net, n, seq_len, S, device=dev),
+                      description=f'{model}, T = {seq_len}')
 
-BENCH_MODELS = {'mdm-text8': mdm_bench('md4-text8', 256), 'mdm-small': mdm_bench('mdm-small', 128), 'mdm-tiny': mdm_bench('mdm-tiny', 32)}
+BENCH_MODELS = {'mdm-text8': mdm_bench('md4-text8', 256), 'mdm-small': mdm_bench('mdm-small', 128),
+                'mdm-tiny': mdm_bench('mdm-tiny', 32)}
 
-TASK = register_task(Task('masked-lm', methods=('dblocks', 'e2e'), blockwise=('dblocks',), load_data=load_data, build=build,
+TASK = register_task(Task('masked-lm', methods=('dblocks', 'e2e'), blockwise=('dblocks',), load_data=load_data,
+                          build=build,
                           evaluate=evaluate, sample=sample, sample_file='samples.txt', report=report,
                           options=MaskedLMOptions, baseline='e2e', bench_models=BENCH_MODELS))

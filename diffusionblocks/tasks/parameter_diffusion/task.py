@@ -6,7 +6,7 @@
 __all__ = ['PDIFF_DENOISERS', 'CLASSIFIERS', 'TASK', 'PDiffOptions', 'checkpoint_set', 'load_data', 'save_checkpoints', 'build',
            'generate_params', 'evaluate', 'sample', 'report']
 
-# %% ../../../nbs/32_jobs_pdiff.ipynb #b4f348f6
+# %% ../../../nbs/32_jobs_pdiff.ipynb #b0dd2ae4
 import json, math, time, hashlib
 from pathlib import Path
 import torch
@@ -16,23 +16,30 @@ from ...errors import ConfigError
 from ...data import load_images, data_dir
 from ...noise import EDMConfig
 from ...checkpoint import atomic_write
-from .pdiff import (SmallCNN, ResNetSmall, norm_subset, subset_shapes, get_subset, Standardizer, train_classifier,
-                                   collect_checkpoints, evaluate_params, wrong_iou, novelty, noise_controls, average_controls,
+from .pdiff import (SmallCNN, ResNetSmall, norm_subset, subset_shapes,
+                                                             get_subset, Standardizer, train_classifier,
+                                   collect_checkpoints, evaluate_params, wrong_iou, novelty, noise_controls,
+                                   average_controls,
                                    gaussian_controls, weight_average, accuracy_novelty_plot)
-from .models import ParamAutoencoder, train_autoencoder, EpsUNet1d, DDPM, ddpm_sample, latent_blocks, edm_sample
+from .models import (ParamAutoencoder, train_autoencoder, EpsUNet1d, DDPM,
+                                                              ddpm_sample, latent_blocks, edm_sample)
 from dataclasses import dataclass
 from .. import Task, TaskData, Options, option, register_task, register_preset
 
-# %% ../../../nbs/32_jobs_pdiff.ipynb #4e2de314
+# %% ../../../nbs/32_jobs_pdiff.ipynb #0e3ec477
 PDIFF_DENOISERS = {  # the latent generators' sizes: EDM/DiffusionBlocks (latent_blocks) and the DDPM network
-    'pdiff-small': dict(edm=dict(depth=4, width=64, heads=4, cond_dim=64, tokens=4), ddpm=dict(channels=(32, 64), time_dim=64)),
-    'pdiff-base': dict(edm=dict(depth=8, width=256, heads=8, cond_dim=256, tokens=8), ddpm=dict(channels=(64, 128, 256), time_dim=128)),
+    'pdiff-small': dict(edm=dict(depth=4, width=64, heads=4, cond_dim=64, tokens=4),
+                        ddpm=dict(channels=(32, 64), time_dim=64)),
+    'pdiff-base': dict(edm=dict(depth=8, width=256, heads=8, cond_dim=256, tokens=8),
+                       ddpm=dict(channels=(64, 128, 256), time_dim=128)),
 }
 CLASSIFIERS = ('small-cnn', 'resnet-small')
 
+# %% ../../../nbs/32_jobs_pdiff.ipynb #9222f9f5
 @dataclass(frozen=True)
 class PDiffOptions(Options):
-    "p-diff's options: the classifier and its checkpoint set, the autoencoder (fixed for a run); the evaluation's sizes."
+    """p-diff's options: the classifier and its checkpoint set, the autoencoder (fixed for a run); the evaluation's
+    sizes."""
     classifier:str = option('small-cnn', 'the network whose parameters are generated', choices=CLASSIFIERS)
     width:int = option(16, "the classifier's width", lo=1, hi=4096)
     pretrain_iterations:int = option(1500, "the classifier's training iterations before collection", lo=1, hi=10**7)
@@ -58,20 +65,33 @@ class PDiffOptions(Options):
         d = dict(d)
         if 'K' in d: d['n_checkpoints'] = d.pop('K')
         return d
-    def cache_key(self) -> dict: "The options the checkpoint set depends on."; return {k: v for k, v in self.to_dict().items() if k not in self.eval_names()}
+    def cache_key(self) -> dict:
+        "The options the checkpoint set depends on."
+        return {k: v for k, v in self.to_dict().items() if k not in self.eval_names()}
 
-_DIGITS = dict(classifier='small-cnn', width=8, pretrain_iterations=300, pretrain_lr=3e-3, subset_last=2, stats=False, n_checkpoints=200,
-               collect_every=2, collect_lr=0.05, ae_latent=16, ae_iterations=3000, ae_lr=1e-3, input_noise=0.001, latent_noise=0.1)
+# %% ../../../nbs/32_jobs_pdiff.ipynb #4d49592a
+_DIGITS = dict(classifier='small-cnn', width=8, pretrain_iterations=300, pretrain_lr=3e-3, subset_last=2, stats=False,
+               n_checkpoints=200,
+               collect_every=2, collect_lr=0.05, ae_latent=16, ae_iterations=3000, ae_lr=1e-3, input_noise=0.001,
+               latent_noise=0.1)
 _EVAL = dict(n_generate=100, n_controls=50, noise_amplitudes=[0.01, 0.03, 0.06, 0.12], sample_steps=50)
-register_preset('pdiff-digits', 'parameter-diffusion', 'cpu', 'p-diff on a small CNN for the embedded digits: 200 checkpoints of its last two BN layers, latent generator as DiffusionBlocks B=2 (minutes on 2 CPU cores)',
-                model='pdiff-small', data='digits', blocks=2, overlap=0.05, batch_size=50, lr=1e-3, weight_decay=0., lr_schedule='cosine',
-                baseline_iterations=2000, warmup_fraction=0.02, grad_clip=1.0, save_every=1000, options=dict(_DIGITS, **_EVAL))
-register_preset('pdiff-cifar10', 'parameter-diffusion', 'gpu', 'p-diff on a small ResNet for CIFAR-10: 200 checkpoints of its last two BN layers, latent generator as DiffusionBlocks B=2',
-                model='pdiff-base', data='cifar10', blocks=2, overlap=0.05, batch_size=50, lr=1e-4, weight_decay=0., lr_schedule='cosine',
+register_preset('pdiff-digits', 'parameter-diffusion', 'cpu', 'p-diff on a small CNN for the embedded digits: 200 '
+                                                              'checkpoints of its last two BN layers, latent generator '
+                                                              'as DiffusionBlocks B=2 (minutes on 2 CPU cores)',
+                model='pdiff-small', data='digits', blocks=2, overlap=0.05, batch_size=50, lr=1e-3, weight_decay=0.,
+                lr_schedule='cosine',
+                baseline_iterations=2000, warmup_fraction=0.02, grad_clip=1.0, save_every=1000,
+                options=dict(_DIGITS, **_EVAL))
+register_preset('pdiff-cifar10', 'parameter-diffusion', 'gpu', 'p-diff on a small ResNet for CIFAR-10: 200 checkpoints '
+                                                               'of its last two BN layers, latent generator as '
+                                                               'DiffusionBlocks B=2',
+                model='pdiff-base', data='cifar10', blocks=2, overlap=0.05, batch_size=50, lr=1e-4, weight_decay=0.,
+                lr_schedule='cosine',
                 baseline_iterations=20000, warmup_fraction=0.01, grad_clip=1.0, save_every=5000,
-                options=dict(_DIGITS, **_EVAL, classifier='resnet-small', width=32, pretrain_iterations=20000, pretrain_lr=1e-3, ae_latent=64, ae_iterations=10000) | dict(n_generate=200))
+                options=dict(_DIGITS, **_EVAL, classifier='resnet-small', width=32, pretrain_iterations=20000,
+                             pretrain_lr=1e-3, ae_latent=64, ae_iterations=10000) | dict(n_generate=200))
 
-# %% ../../../nbs/32_jobs_pdiff.ipynb #3556b969
+# %% ../../../nbs/32_jobs_pdiff.ipynb #8da20888
 def _classifier(o, C, K_classes):
     return (SmallCNN if o.classifier == 'small-cnn' else ResNetSmall)(C, K_classes, o.width)
 
@@ -79,43 +99,58 @@ def _key(job) -> str:
     o = dict(sorted(job.options.cache_key().items()))
     return hashlib.sha256(json.dumps([job.data, o, job.seed, 1], sort_keys=True).encode()).hexdigest()[:16]
 
+# %% ../../../nbs/32_jobs_pdiff.ipynb #387e500e
 def checkpoint_set(job, device=None) -> dict:
-    "The classifier, K checkpoints of its subset with accuracies and wrong sets, the standardiser, the autoencoder and the latents (cached)."
+    """The classifier, K checkpoints of its subset with accuracies and wrong sets, the standardiser, the autoencoder
+    and the latents (cached)."""
     o = job.options
     tr, te = load_images(job.data, 'train'), load_images(job.data, 'test')
     C, K_classes = tr.shape[0], tr.num_classes
     torch.manual_seed(job.seed)
     net = _classifier(o, C, K_classes)
-    names = list(o.subset or norm_subset(net, o.subset_last, o.stats))   # explicit tensor names, or the last norm layers
+    # explicit tensor names, or the last norm layers
+    names = list(o.subset or norm_subset(net, o.subset_last, o.stats))
     have = dict(net.named_parameters()) | dict(net.named_buffers())
     bad = [n for n in names if n not in have]
-    if bad: raise ConfigError(f"subset tensor {bad[0]!r} is not in the {o.classifier} classifier (it has e.g. {', '.join(list(have)[-4:])})")
+    if bad:
+        raise ConfigError(f"subset tensor {bad[0]!r} is not in the {o.classifier} classifier (it has e.g. "
+                          f"{', '.join(list(have)[-4:])})")
     shapes = subset_shapes(net, names)
     ae = lambda D: ParamAutoencoder(D, o.ae_latent, input_noise=o.input_noise, latent_noise=o.latent_noise)
     f = data_dir() / 'pdiff' / f"{job.data.replace('/', '_')}-{_key(job)}.safetensors"
     if f.exists():
         t = load_file(str(f)); meta = json.loads(t.pop('__meta__').numpy().tobytes().decode())
         net.load_state_dict({k[4:]: v for k, v in t.items() if k.startswith('net.')})
-        a = ae(t['params'].shape[1]); a.load_state_dict({k[3:]: v for k, v in t.items() if k.startswith('ae.')}); a.eval()
-        return dict(net=net.eval(), names=names, shapes=shapes, params=t['params'], acc=t['acc'], acc_train=t['acc_train'], wrong=t['wrong'].bool(),
-                    standardizer=Standardizer.from_state_dict(meta['standardizer']), ae=a, latents=t['latents'], train=tr, test=te, cached=True)
+        a = ae(t['params'].shape[1]); a.load_state_dict({k[3:]: v for k,
+                                                         v in t.items() if k.startswith('ae.')}); a.eval()
+        return dict(net=net.eval(), names=names, shapes=shapes, params=t['params'], acc=t['acc'],
+                    acc_train=t['acc_train'], wrong=t['wrong'].bool(),
+                    standardizer=Standardizer.from_state_dict(meta['standardizer']), ae=a, latents=t['latents'],
+                    train=tr, test=te, cached=True)
     train_classifier(net, tr, o.pretrain_iterations, o.pretrain_lr, seed=job.seed, device=device)
     net = net.cpu().eval()
-    col = collect_checkpoints(net, tr, names, o.n_checkpoints, o.collect_every, o.collect_lr, seed=job.seed, device=device)
+    col = collect_checkpoints(net, tr, names, o.n_checkpoints, o.collect_every, o.collect_lr, seed=job.seed,
+                              device=device)
     P = col['params']
     ev, evt = evaluate_params(net, names, P, te.images, te.labels), evaluate_params(net, names, P, tr.images, tr.labels)
     st = Standardizer.fit(P, names, shapes)
-    a = train_autoencoder(ae(P.shape[1]), st.encode(P), o.ae_iterations, lr=o.ae_lr, seed=job.seed, device=device).cpu().eval()
+    a = train_autoencoder(ae(P.shape[1]), st.encode(P), o.ae_iterations, lr=o.ae_lr, seed=job.seed,
+                          device=device).cpu().eval()
     with torch.no_grad(): z = a.encode(st.encode(P))
-    t = {**{f'net.{k}': v.contiguous() for k, v in net.state_dict().items()}, **{f'ae.{k}': v.contiguous() for k, v in a.state_dict().items()},
-         'params': P.contiguous(), 'acc': ev['acc'].float(), 'acc_train': evt['acc'].float(), 'wrong': ev['wrong'].to(torch.uint8), 'latents': z.contiguous(),
-         '__meta__': torch.frombuffer(bytearray(json.dumps(dict(standardizer=st.state_dict())).encode()), dtype=torch.uint8)}
+    t = {**{f'net.{k}': v.contiguous() for k, v in net.state_dict().items()}, **{f'ae.{k}': v.contiguous() for k,
+                                                                                 v in a.state_dict().items()},
+         'params': P.contiguous(), 'acc': ev['acc'].float(), 'acc_train': evt['acc'].float(),
+         'wrong': ev['wrong'].to(torch.uint8), 'latents': z.contiguous(),
+         '__meta__': torch.frombuffer(bytearray(json.dumps(dict(standardizer=st.state_dict())).encode()),
+                                      dtype=torch.uint8)}
     f.parent.mkdir(parents=True, exist_ok=True)
     from safetensors.torch import save
     atomic_write(f, save(t))
-    return dict(net=net, names=names, shapes=shapes, params=P, acc=ev['acc'].float(), acc_train=evt['acc'].float(), wrong=ev['wrong'], standardizer=st,
+    return dict(net=net, names=names, shapes=shapes, params=P, acc=ev['acc'].float(), acc_train=evt['acc'].float(),
+                wrong=ev['wrong'], standardizer=st,
                 ae=a, latents=z, train=tr, test=te, cached=False)
 
+# %% ../../../nbs/32_jobs_pdiff.ipynb #b72080b9
 def load_data(job) -> TaskData:
     "The latents of the job's checkpoint set as the generator's training data; everything else in `extra`."
     cs = checkpoint_set(job)
@@ -124,17 +159,22 @@ def load_data(job) -> TaskData:
 def save_checkpoints(job, data:TaskData, run_dir:Path):
     "Keep the checkpoint set in the run directory: the K vectors, their test / train accuracies and wrong sets."
     e = data.extra
-    save_file(dict(params=e['params'].contiguous(), acc=e['acc'], acc_train=e['acc_train'], wrong=e['wrong'].to(torch.uint8)), str(Path(run_dir) / 'checkpoints.safetensors'),
+    save_file(dict(params=e['params'].contiguous(), acc=e['acc'], acc_train=e['acc_train'],
+                   wrong=e['wrong'].to(torch.uint8)), str(Path(run_dir) / 'checkpoints.safetensors'),
               metadata=dict(names=json.dumps(e['names']), standardizer=json.dumps(e['standardizer'].state_dict())))
 
-# %% ../../../nbs/32_jobs_pdiff.ipynb #fff7a8f5
+# %% ../../../nbs/32_jobs_pdiff.ipynb #ecbb2c71
 def build(job, data:TaskData):
-    "The latent generator of the job's method: `ddpm` (the paper's), or the EDM denoiser as B DiffusionBlocks (`e2e`: B = 1)."
-    if job.model not in PDIFF_DENOISERS: raise ConfigError(f"unknown p-diff generator {job.model!r}; choose one of {', '.join(PDIFF_DENOISERS)}")
+    """The latent generator of the job's method: `ddpm` (the paper's), or the EDM denoiser as B DiffusionBlocks
+    (`e2e`: B = 1)."""
+    if job.model not in PDIFF_DENOISERS:
+        raise ConfigError(f"unknown p-diff generator {job.model!r}; choose one of {', '.join(PDIFF_DENOISERS)}")
     L, spec = data.extra['latents'].shape[1], PDIFF_DENOISERS[job.model]
     if job.method == 'ddpm': return DDPM(EpsUNet1d(L, **spec['ddpm']))
-    sd = round(float(data.extra['latents'].std()), 4)                   # σ_data: the latents' own scale (EDM's assumption)
-    return latent_blocks(L, blocks=job.blocks, overlap=job.overlap, scheme=job.scheme, split=job.split, edm=EDMConfig(sigma_data=sd), **spec['edm'])
+    # σ_data: the latents' own scale (EDM's assumption)
+    sd = round(float(data.extra['latents'].std()), 4)
+    return latent_blocks(L, blocks=job.blocks, overlap=job.overlap, scheme=job.scheme, split=job.split,
+                         edm=EDMConfig(sigma_data=sd), **spec['edm'])
 
 @torch.no_grad()
 def generate_params(model, job, data:TaskData, n:int, seed:int=0, sample_steps:int=None, device=None) -> torch.Tensor:
@@ -145,9 +185,10 @@ def generate_params(model, job, data:TaskData, n:int, seed:int=0, sample_steps:i
     e = data.extra
     return e['standardizer'].decode(e['ae'].decode(z.float().cpu()))
 
-# %% ../../../nbs/32_jobs_pdiff.ipynb #0e1590f4
+# %% ../../../nbs/32_jobs_pdiff.ipynb #6ad5b491
 def _stats(acc): return dict(best=acc.max().item(), mean=acc.mean().item(), median=acc.median().item())
 
+# %% ../../../nbs/32_jobs_pdiff.ipynb #492cbc56
 def evaluate(model, job, data:TaskData, device=None, n_generate:int=None, sample_steps:int=None, **_) -> dict:
     "Accuracies of generated models, originals and controls; their novelty; what `sample` plots."
     e, ev = data.extra, job.options
@@ -155,8 +196,10 @@ def evaluate(model, job, data:TaskData, device=None, n_generate:int=None, sample
     n, nc = n_generate or ev.n_generate, ev.n_controls
     t0 = time.perf_counter()
     gen = generate_params(model, job, data, n, job.seed + 1, sample_steps, device)
-    ctrl = {**{f'noise {a:g}': v for a, v in noise_controls(P, list(ev.noise_amplitudes), nc, seed=job.seed + 2).items()},
-            'average of 16': average_controls(P, nc, 16, seed=job.seed + 3), 'per-coordinate Gaussian': gaussian_controls(P, nc, seed=job.seed + 4)}
+    ctrl = {**{f'noise {a:g}': v for a, v in noise_controls(P, list(ev.noise_amplitudes), nc,
+                                                            seed=job.seed + 2).items()},
+            'average of 16': average_controls(P, nc, 16, seed=job.seed + 3),
+            'per-coordinate Gaussian': gaussian_controls(P, nc, seed=job.seed + 4)}
     res, plot = {}, {}
     for name, V in {'generated': gen, **ctrl}.items():
         r = evaluate_params(net, names, V, te.images, te.labels)
@@ -164,36 +207,51 @@ def evaluate(model, job, data:TaskData, device=None, n_generate:int=None, sample
         res[name] = dict(acc=r['acc'], iou=nv['max_iou'], l2=nv['min_l2'])
         plot[name] = (r['acc'], nv['max_iou'])
     oo = novelty(P, P, e['wrong'], e['wrong'], exclude_self=True)
-    plot = {'original': (e['acc'], oo['max_iou']), **{k: v for k, v in plot.items() if k != 'generated'}, 'generated': plot['generated']}   # generated drawn last, on top
+    # generated drawn last, on top
+    plot = {'original': (e['acc'], oo['max_iou']), **{k: v for k, v in plot.items() if k != 'generated'},
+            'generated': plot['generated']}
     acc_gen_train = evaluate_params(net, names, gen, tr.images, tr.labels)['acc']
     wa = evaluate_params(net, names, weight_average(P)[None], te.images, te.labels)['acc'].item()
     g, o = _stats(res['generated']['acc']), _stats(e['acc'])
-    m = dict(acc_generated_best=res['generated']['acc'][acc_gen_train.argmax()].item(), acc_generated_best_test=g['best'], acc_generated_mean=g['mean'],
-             acc_generated_median=g['median'], acc_original_best=o['best'], acc_original_mean=o['mean'], acc_original_median=o['median'],
-             acc_weight_average=wa, novelty_iou_generated=res['generated']['iou'].mean().item(), novelty_l2_generated=res['generated']['l2'].mean().item(),
+    m = dict(acc_generated_best=res['generated']['acc'][acc_gen_train.argmax()].item(),
+             acc_generated_best_test=g['best'], acc_generated_mean=g['mean'],
+             acc_generated_median=g['median'], acc_original_best=o['best'], acc_original_mean=o['mean'],
+             acc_original_median=o['median'],
+             acc_weight_average=wa, novelty_iou_generated=res['generated']['iou'].mean().item(),
+             novelty_l2_generated=res['generated']['l2'].mean().item(),
              iou_original_original=oo['max_iou'].mean().item(), l2_original_original=oo['min_l2'].mean().item(),
-             n_generated=n, n_original=len(P), n_controls=nc, subset=names, subset_size=P.shape[1], latent_size=e['latents'].shape[1],
+             n_generated=n, n_original=len(P), n_controls=nc, subset=names, subset_size=P.shape[1],
+             latent_size=e['latents'].shape[1],
              test_images=len(te.labels), eval_seconds=round(time.perf_counter() - t0, 2))
     for name, r in res.items():
         if name == 'generated': continue
         slug = name.replace(' ', '_').replace('-', '_')
-        m[f'acc_{slug}_mean'] = r['acc'].mean().item(); m[f'novelty_iou_{slug}'] = r['iou'].mean().item(); m[f'novelty_l2_{slug}'] = r['l2'].mean().item()
+        m[f'acc_{slug}_mean'] = r['acc'].mean().item(); m[f'novelty_iou_{slug}'] = r['iou'].mean().item()
+        m[f'novelty_l2_{slug}'] = r['l2'].mean().item()
     amps = [k for k in res if k.startswith('noise ')]
     m['novelty_iou_noise'] = {k[6:]: res[k]['iou'].mean().item() for k in amps}
     data.extra['plot_groups'] = plot
     return m
 
+# %% ../../../nbs/32_jobs_pdiff.ipynb #da3ca070
 def sample(model, job, data:TaskData, path, n:int=None, seed:int=0, device=None, **_) -> Path:
     "The accuracy-against-novelty plot of generated models, originals and controls (PNG)."
     if 'plot_groups' not in data.extra: evaluate(model, job, data, device, n_generate=n)
-    return Path(accuracy_novelty_plot(data.extra['plot_groups'], path, title=f"{job.preset}: {job.method}" + (f", B={job.blocks}" if job.method == 'dblocks' else '')))
+    return Path(accuracy_novelty_plot(data.extra['plot_groups'], path,
+                                      title=f"{job.preset}: {job.method}"
+                                      + (f", B={job.blocks}" if job.method == 'dblocks' else '')))
 
 def report(m:dict) -> str:
     if 'acc_generated_mean' not in m: return f"{m['method']}: {m['iterations']} iterations (not evaluated)"
-    return (f"{m['method']} B={m['blocks']}: generated best (on train) {m['acc_generated_best']:.4f}, mean {m['acc_generated_mean']:.4f}; original best "
-            f"{m['acc_original_best']:.4f}, mean {m['acc_original_mean']:.4f}, weight average {m['acc_weight_average']:.4f}; novelty IoU generated "
-            f"{m['novelty_iou_generated']:.3f} vs original–original {m['iou_original_original']:.3f}, noise {m['novelty_iou_noise']}")
+    return (f"{m['method']} B={m['blocks']}: generated best (on train) {m['acc_generated_best']:.4f}, mean "
+            f"{m['acc_generated_mean']:.4f}; original best "
+            f"{m['acc_original_best']:.4f}, mean {m['acc_original_mean']:.4f}, weight average "
+            f"{m['acc_weight_average']:.4f}; novelty IoU generated "
+            f"{m['novelty_iou_generated']:.3f} vs original–original {m['iou_original_original']:.3f}, noise "
+            f"{m['novelty_iou_noise']}")
 
-TASK = register_task(Task('parameter-diffusion', methods=('dblocks', 'e2e', 'ddpm'), blockwise=('dblocks',), load_data=load_data, build=build,
-                          evaluate=evaluate, sample=sample, sample_file='accuracy-novelty.png', report=report, files=save_checkpoints,
+TASK = register_task(Task('parameter-diffusion', methods=('dblocks', 'e2e', 'ddpm'), blockwise=('dblocks',),
+                          load_data=load_data, build=build,
+                          evaluate=evaluate, sample=sample, sample_file='accuracy-novelty.png', report=report,
+                          files=save_checkpoints,
                           options=PDiffOptions, baseline='e2e'))

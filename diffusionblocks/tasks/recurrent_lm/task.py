@@ -5,50 +5,69 @@
 # %% auto #0
 __all__ = ['TASK', 'RecurrentLMOptions', 'load_data', 'build', 'generate', 'evaluate', 'sample', 'report']
 
-# %% ../../../nbs/29_jobs_recurrent.ipynb #8c877723
+# %% ../../../nbs/29_jobs_recurrent.ipynb #d6e7146e
 import math, time
 from pathlib import Path
 import torch
 from ...errors import ConfigError
 from ...tokens import load_token_corpus
-from .huginn import huginn_config, HuginnLM, HuginnTrainer, huginn_blocks, batch_next_token, decode_recurrent, train_flops
+from .huginn import (huginn_config, HuginnLM, HuginnTrainer, huginn_blocks,
+                                                       batch_next_token, decode_recurrent, train_flops)
 from dataclasses import dataclass
 from .. import Task, TaskData, register_task, register_preset, engine_iterations
-from ...text_eval import LMOptions, option, autocast_for, save_tokenizer, text_evaluation, write_samples, lm_report
+from ...text_eval import (LMOptions, option, autocast_for, save_tokenizer, text_evaluation, write_samples,
+                                      lm_report)
 from ...noise import LOSS_WEIGHTINGS, check_loss_weighting
 
-# %% ../../../nbs/29_jobs_recurrent.ipynb #8f15bcc9
+# %% ../../../nbs/29_jobs_recurrent.ipynb #44dab22a
 @dataclass(frozen=True)
 class RecurrentLMOptions(LMOptions):
     "The recurrent-depth LM's options: the shared LM data and text-evaluation options, plus its own."
-    sigma_per:str = option('sequence', "DiffusionBlocks' σ: one per sequence, or one per position", choices=('sequence', 'position'))
-    recurrence:int|None = option(None, 'core iterations K per token at decoding (default: the model\'s mean recurrence r̄)', eval=True, lo=1, hi=10_000)
-    loss_weighting:str = option('lambda', "how DiffusionBlocks weights the per-token CE by λ(σ) (01_noise): per token ('lambda', the paper), the released broadcast ('official'), 'none', 'clamped'", choices=LOSS_WEIGHTINGS)
-    weight_clamp:float|None = option(None, "cap of λ(σ) in the DiffusionBlocks loss (needed by loss_weighting 'clamped')", lo=1e-6)
+    sigma_per:str = option('sequence', "DiffusionBlocks' σ: one per sequence, or one per "
+                                       "position", choices=('sequence', 'position'))
+    recurrence:int|None = option(None, 'core iterations K per token at decoding (default: the model\'s mean recurrence '
+                                       'r̄)', eval=True, lo=1, hi=10_000)
+    loss_weighting:str = option('lambda', "how DiffusionBlocks weights the per-token CE by λ(σ) (01_noise): per token "
+                                          "('lambda', the paper), the released broadcast ('official'), 'none', "
+                                          "'clamped'", choices=LOSS_WEIGHTINGS)
+    weight_clamp:float|None = option(None, "cap of λ(σ) in the DiffusionBlocks loss (needed by loss_weighting "
+                                           "'clamped')", lo=1e-6)
     def __post_init__(self): super().__post_init__(); check_loss_weighting(self.loss_weighting, self.weight_clamp)
 
 _HUGINN_EVAL = dict(continuations=2, prompt_len=32, new_tokens=32, top_p=0.95, mauve_scaling=5.)
-register_preset('huginn-lm1b', 'recurrent-lm', 'gpu', "the paper's recurrent-depth (Huginn 2/4/2, d 512) LM on LM1B: Huginn 5 epochs vs DiffusionBlocks B=1 15 epochs (Sec. 5.5)",
-                model='huginn-lm1b', data='lm1b', blocks=1, overlap=0., batch_size=256, lr=3e-4, weight_decay=0.01, lr_schedule='cosine',
-                epochs=15, warmup_fraction=0.01, grad_clip=1.0, save_every=5000, method_overrides={'e2e': dict(epochs=5)},
-                options=dict(_HUGINN_EVAL, seq_len=256, tokenizer='bpe', vocab_size=32000, n_eval=1000, continuations=5, new_tokens=50, reference='gpt2-large',
+register_preset('huginn-lm1b', 'recurrent-lm', 'gpu', "the paper's recurrent-depth (Huginn 2/4/2, d 512) LM on LM1B: "
+                                                      "Huginn 5 epochs vs DiffusionBlocks B=1 15 epochs (Sec. 5.5)",
+                model='huginn-lm1b', data='lm1b', blocks=1, overlap=0., batch_size=256, lr=3e-4, weight_decay=0.01,
+                lr_schedule='cosine',
+                epochs=15, warmup_fraction=0.01, grad_clip=1.0, save_every=5000,
+                method_overrides={'e2e': dict(epochs=5)},
+                options=dict(_HUGINN_EVAL, seq_len=256, tokenizer='bpe', vocab_size=32000, n_eval=1000,
+                             continuations=5, new_tokens=50, reference='gpt2-large',
                           reference_model=dict(depth=6, hidden=512, heads=8), reference_iterations=20000, n_show=8))
-register_preset('huginn-shakespeare', 'recurrent-lm', 'cpu', 'recurrent-depth LM (Huginn 2/4/2, d 64, r̄ 16) on TinyShakespeare characters: Huginn 300 it. vs DiffusionBlocks 900 (minutes on 2 CPU cores)',
-                model='huginn-small', data='tinyshakespeare', blocks=1, overlap=0., batch_size=16, lr=2e-3, weight_decay=0.01, lr_schedule='cosine',
-                baseline_iterations=900, warmup_fraction=0.05, grad_clip=1.0, save_every=300, method_overrides={'e2e': dict(baseline_iterations=300)},
-                options=dict(_HUGINN_EVAL, seq_len=64, tokenizer='char', n_eval=128, reference='local', reference_model=dict(depth=4, hidden=64, heads=4), reference_iterations=300, n_show=6))
+register_preset('huginn-shakespeare', 'recurrent-lm', 'cpu', 'recurrent-depth LM (Huginn 2/4/2, d 64, r̄ 16) on '
+                                                             'TinyShakespeare characters: Huginn 300 it. vs '
+                                                             'DiffusionBlocks 900 (minutes on 2 CPU cores)',
+                model='huginn-small', data='tinyshakespeare', blocks=1, overlap=0., batch_size=16, lr=2e-3,
+                weight_decay=0.01, lr_schedule='cosine',
+                baseline_iterations=900, warmup_fraction=0.05, grad_clip=1.0, save_every=300,
+                method_overrides={'e2e': dict(baseline_iterations=300)},
+                options=dict(_HUGINN_EVAL, seq_len=64, tokenizer='char', n_eval=128, reference='local',
+                             reference_model=dict(depth=4, hidden=64, heads=4), reference_iterations=300, n_show=6))
 
-# %% ../../../nbs/29_jobs_recurrent.ipynb #b3d19dfb
+# %% ../../../nbs/29_jobs_recurrent.ipynb #8bb57936
 def load_data(job) -> TaskData:
     "Windows of T + 1 tokens (inputs 0 … T−1, targets 1 … T) of the job's corpus; the corpus in `extra`."
     o = job.options
     T = o.seq_len
     c = load_token_corpus(job.data, tokenizer=o.tokenizer, vocab_size=o.vocab_size, test_fraction=o.test_fraction)
-    return TaskData(c.sequences('train', T + 1, o.stride), c.sequences('test', T + 1), dict(corpus=c, codec=c.codec, seq_len=T))
+    return TaskData(c.sequences('train', T + 1, o.stride), c.sequences('test', T + 1),
+                    dict(corpus=c, codec=c.codec, seq_len=T))
 
 def build(job, data:TaskData):
     "Huginn with its own trainer (`e2e`), or the same layout as one DiffusionBlocks denoiser (`dblocks`, B = 1)."
-    if job.blocks != 1: raise ConfigError(f"the recurrent-depth model is one block (its core is weight-tied): --blocks must be 1, got {job.blocks}")
+    if job.blocks != 1:
+        raise ConfigError("the recurrent-depth model is one block (its core is weight-tied): --blocks must be 1, got "
+                          f"{job.blocks}")
     V, T = len(data.extra['codec']), data.extra['seq_len']
     if job.method == 'e2e': return HuginnTrainer(HuginnLM(V, job.model, T))
     return huginn_blocks(job.model, V, T, overlap=job.overlap, sigma_per=job.options.sigma_per,
@@ -58,39 +77,49 @@ def _K(model, job, recurrence):
     cfg = getattr(model, 'huginn_config', None) or model.net.cfg
     return recurrence or job.options.recurrence or cfg.mean_recurrence
 
-def generate(model, job, prompt, new_tokens:int, continuations:int=1, seed:int=0, device=None, recurrence:int=None, top_p:float=None) -> tuple:
+# %% ../../../nbs/29_jobs_recurrent.ipynb #1c97b7bf
+def generate(model, job, prompt, new_tokens:int, continuations:int=1, seed:int=0, device=None, recurrence:int=None,
+             top_p:float=None) -> tuple:
     "(ids, seconds) of K-iteration decoding (DiffusionBlocks greedy, Huginn top-p)."
     p = prompt.repeat_interleave(continuations, 0).to(device)
     cuda = device is not None and torch.device(device).type == 'cuda'
     if cuda: torch.cuda.synchronize()
     t0 = time.perf_counter()
     with autocast_for(device):
-        ids = decode_recurrent(model, p, new_tokens, recurrence=_K(model, job, recurrence), top_p=top_p if top_p is not None else job.options.top_p,
+        ids = decode_recurrent(model, p, new_tokens, recurrence=_K(model, job, recurrence),
+                               top_p=top_p if top_p is not None else job.options.top_p,
                                generator=torch.Generator().manual_seed(seed))
     if cuda: torch.cuda.synchronize()
     return ids.cpu(), time.perf_counter() - t0
 
-# %% ../../../nbs/29_jobs_recurrent.ipynb #6735c6e7
+# %% ../../../nbs/29_jobs_recurrent.ipynb #a07b665a
 def evaluate(model, job, data:TaskData, device=None, recurrence:int=None, top_p:float=None) -> dict:
     "The autoregressive task's text metrics under K-iteration decoding, and the run's training FLOPs."
     K = _K(model, job, recurrence)
-    desc = f"{'greedy' if job.method == 'dblocks' else 'top-p %g' % (top_p if top_p is not None else job.options.top_p)}, K = {K} core iterations per token"
+    desc = (
+        f"{'greedy' if job.method == 'dblocks' else 'top-p %g' % (top_p if top_p is not None else job.options.top_p)}"
+        f", K = {K} core iterations per token")
     def decode(pr, M, C, seed):
         ids, secs = generate(model, job, pr, M, C, seed, device, K, top_p)
         return ids, secs, desc
     m = text_evaluation(job, data, decode, device)
-    m.update(train_flops(model, (job.batch_size, data.extra['seq_len'] + 1), engine_iterations(job, len(data.train))), recurrence=K)
+    m.update(train_flops(model, (job.batch_size, data.extra['seq_len'] + 1), engine_iterations(job, len(data.train))),
+             recurrence=K)
     return m
 
 def sample(model, job, data:TaskData, path, n:int=None, seed:int=0, device=None, recurrence:int=None) -> Path:
-    "Write n prompted continuations (default the job's n_show) to `path`: the prompt, the model's continuation, the true one."
+    """Write n prompted continuations (default the job's n_show) to `path`: the prompt, the model's continuation, the
+    true one."""
     label = f"{'Huginn (e2e)' if job.method == 'e2e' else 'DiffusionBlocks'}, K = {_K(model, job, recurrence)}"
-    return write_samples(path, job, data, lambda pr, M: generate(model, job, pr, M, 1, seed, device, recurrence)[0], n, label)
+    return write_samples(path, job, data, lambda pr, M: generate(model, job, pr, M, 1, seed, device, recurrence)[0], n,
+                         label)
 
 def report(m:dict) -> str:
     if not any(k.startswith('mauve') for k in m): return lm_report(m)
     return lm_report(m, f" at K = {m['recurrence']}; training {m['train_flops']:.3g} FLOPs")
 
-TASK = register_task(Task('recurrent-lm', methods=('dblocks', 'e2e'), blockwise=('dblocks',), baseline='e2e', options=RecurrentLMOptions,
+# %% ../../../nbs/29_jobs_recurrent.ipynb #2a88cb52
+TASK = register_task(Task('recurrent-lm', methods=('dblocks', 'e2e'), blockwise=('dblocks',), baseline='e2e',
+                          options=RecurrentLMOptions,
                           load_data=load_data, build=build, batch_fn=batch_next_token, evaluate=evaluate, sample=sample,
                           sample_file='samples.txt', report=report, files=save_tokenizer))
