@@ -318,11 +318,13 @@ class BlockwiseModel(Protocol):
 def _members(proto) -> list:
     return [n for n in [*getattr(proto, '__annotations__', {}), *vars(proto)] if not n.startswith('_')]
 
-# %% ../nbs/08_train.ipynb #8448e8fd
+# %% ../nbs/08_train.ipynb #c214a798
 def check_protocol(obj, proto, what:str):
     "One-line ConfigError naming the first member of `proto` that `obj` lacks."
-    if isinstance(obj, proto): return obj
+    # by hasattr, not isinstance: from Python 3.12 a runtime protocol's isinstance looks members up statically,
+    # which misses nn.Module submodules (`blocks` lives in `_modules`)
     missing = next((n for n in _members(proto) if not hasattr(obj, n)), None)
+    if missing is None: return obj
     raise ConfigError(f"{what} ({type(obj).__name__}) does not satisfy {proto.__name__}: it has no {missing!r}")
 
 # %% ../nbs/08_train.ipynb #49619303

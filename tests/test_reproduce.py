@@ -5,7 +5,7 @@ import pytest
 from diffusionblocks.errors import ConfigError
 from diffusionblocks.jobs.reproduce import TABLES, TABLE_SCALES, table_arms, write_table, reproduce, get_table
 from diffusionblocks.cli import main
-from diffusionblocks.experiments.vit_gap import gap_arms
+from diffusionblocks.experiments.vit_gap import gap_job, GAP_ARMS, GAP_CHAIN
 
 
 def test_every_row_of_every_table_has_its_arm_at_every_scale():
@@ -67,12 +67,17 @@ def test_command_errors_are_one_line(argv, msg, tmp_path, capsys):
     assert msg in err and err.count('\n') == 1, err
 
 
-def test_gap_arms_are_equal_budget_and_differ_only_in_the_option():
-    arms = gap_arms('digits', 'cpu', multiple=3)
-    e, f, i = arms['e2e'], arms['faithful'], arms['improved']
-    assert e.baseline_iterations == f.baseline_iterations == i.baseline_iterations == 300 and (f.options.profile, i.options.profile) == ("released", "paper")
-    assert {k: v for k, v in i.options.to_dict().items() if k not in ("share_adapter", "profile")} == {k: v for k, v in f.options.to_dict().items() if k not in ("share_adapter", "profile")}
-    assert (f.options.share_adapter, i.options.share_adapter) == (True, False)
+def test_gap_arms_are_equal_budget_and_differ_only_in_their_change():
+    jobs = {a: gap_job('digits', a, multiple=3) for a in GAP_ARMS}
+    assert {j.baseline_iterations for j in jobs.values()} == {900}
+    f, d = jobs['faithful'], jobs['default']
+    assert (f.options.profile, f.options.share_adapter, f.lr, f.lr_schedule) == ('released', True, 1e-3, 'constant')
+    assert (d.options.profile, d.options.share_adapter, d.lr, d.lr_schedule) == ('paper', False, 2e-3, 'cosine')
+    # a one-at-a-time arm differs from the faithful arm only in its own option
+    for a, key in (('init', 'init'), ('norm', 'layer_norm'), ('modulation', 'modulation'), ('lw-none', 'loss_weighting')):
+        diff = {k for k, v in jobs[a].options.to_dict().items() if f.options.to_dict()[k] != v}
+        assert diff == {key}, (a, diff)
+    assert [a for _, a, _ in GAP_CHAIN][0] == 'faithful' and [a for _, a, _ in GAP_CHAIN][-1] == 'default'
 
 
 @pytest.mark.slow

@@ -27,7 +27,7 @@ def _isnum(v): return isinstance(v, (int, float)) and not isinstance(v, bool) an
 
 LEGACY_FIELDS = {'iterations': 'baseline_iterations', 'schedule': 'block_schedule'}   # older config.json spellings
 
-# %% ../../nbs/20_jobs.ipynb #bd38f8d5
+# %% ../../nbs/20_jobs.ipynb #673d6b00
 @dataclass(frozen=True)
 class Job:
     """Everything a run needs: task, preset, model, method, data, B, γ, scheme, split, budget, optimiser, options,
@@ -47,6 +47,7 @@ class Job:
     batch_size:int=128
     lr:float=1e-4                 # peak AdamW learning rate
     lr_schedule:str='cosine'      # 'cosine' or 'constant' after warm-up
+    min_lr_ratio:float=0.         # the cosine's floor, as a fraction of lr (the released README recipe: 0.1)
     weight_decay:float=0.01
     grad_clip:float=1.0
     ema:float=0.                  # EMA decay per block (0: off); evaluation uses the EMA weights when on
@@ -57,7 +58,7 @@ class Job:
     seed:int=0                    # seeds the model init, the data order, every block's σ/ε stream and the evaluation
     def __post_init__(self): self.validate()
 
-# %% ../../nbs/20_jobs.ipynb #fe889034
+# %% ../../nbs/20_jobs.ipynb #4ca9930a
 @patch
 def validate(self:Job):
     "Check every field (one-line ConfigError naming it); read a dict of options through the task's Options class."
@@ -93,6 +94,7 @@ def validate(self:Job):
     if not (_isint(self.batch_size) and 1 <= self.batch_size <= 2**20): bad('batch_size', 'an integer in [1, 1048576]')
     if not (_isnum(self.lr) and 0 < self.lr <= 10): bad('lr', 'a number in (0, 10]')
     if self.lr_schedule not in LR_SCHEDULES: bad('lr_schedule', 'one of ' + ', '.join(LR_SCHEDULES))
+    if not (_isnum(self.min_lr_ratio) and 0 <= self.min_lr_ratio <= 1): bad('min_lr_ratio', 'a number in [0, 1]')
     for n in ('weight_decay', 'grad_clip'):
         if not (_isnum(getattr(self, n)) and getattr(self, n) >= 0): bad(n, 'a number >= 0')
     if not (_isnum(self.ema) and 0 <= self.ema < 1): bad('ema', 'a decay in [0, 1) (0: off)')
@@ -145,7 +147,7 @@ def with_options(self:Job, **changes) -> Job:
     "This job with some options changed (validated by the task's Options)."
     return self.replace(options=self.options.from_dict({**self.options.to_dict(), **changes}, f'task {self.task}'))
 
-# %% ../../nbs/20_jobs.ipynb #1f1b1933
+# %% ../../nbs/20_jobs.ipynb #5269a9ac
 base_iterations = baseline_iterations_of   # (tasks): `baseline_iterations`, or epochs × n_train / batch_size rounded up
 
 def budget(job:Job,         # the run
@@ -156,6 +158,7 @@ def budget(job:Job,         # the run
     base = base_iterations(job, n_train)
     warm = min(round(job.warmup_fraction * base), base - 1)
     cfg = TrainConfig(iterations=base, warmup=warm, batch_size=job.batch_size, lr=job.lr, lr_schedule=job.lr_schedule,
+                      min_lr_ratio=job.min_lr_ratio,
                       weight_decay=job.weight_decay, grad_clip=job.grad_clip, ema=job.ema,
                       block_schedule=job.block_schedule, seed=job.seed,
                       save_every=min(job.save_every, base * (job.blocks if job.blockwise else 1)), threads=job.threads,
@@ -299,7 +302,7 @@ def _resident_model(job:Job, data, run_dir, dev, resume:bool, residency):
     with empty_weights(): model = build_model(job, data)
     return bind_checkpoint(model, run_dir, store), store
 
-# %% ../../nbs/20_jobs.ipynb #21d2df40
+# %% ../../nbs/20_jobs.ipynb #24a03c3f
 def _train_and_evaluate(job:Job, run_dir, dev, data, resume:bool, progress:bool, evaluate:bool, eval_job:Job=None,
                         extend:bool=False, parallel:str=None,
                         train_blocks=None, on_open=None, residency:str=None) -> dict:
@@ -325,7 +328,8 @@ def _train_and_evaluate(job:Job, run_dir, dev, data, resume:bool, progress:bool,
                           meta={'job': job.to_dict()},
                           train_blocks=train_blocks, offload=store, **({'extend': True} if extend else {}))
         if on_open is not None: on_open()         # every check passed (the checkpoint loaded): now the run may change
-        summary = trainer.fit()
+        summary = trainer.fit(callbacks=task.fit_callbacks(model, job, run_dir) if task.fit_callbacks and run_dir is not None
+                              else ())
         # a part: merge it with the others' first
         if train_blocks is not None and len(trainer.trained) < model.num_blocks: evaluate = False
     mem, how = peak_memory(dev)

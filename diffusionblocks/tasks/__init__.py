@@ -105,7 +105,7 @@ class Options:
     def replace(self, **changes): return dataclasses.replace(self, **changes)
     def train_overrides(self) -> dict: "TrainConfig fields these options fix (e.g. a precision); none by default."; return {}
 
-# %% ../../nbs/09b_tasks.ipynb #e9c99077
+# %% ../../nbs/09b_tasks.ipynb #4155d36e
 @dataclass
 class TaskData:
     "The data of a run: the training split the engine draws from, the held-out split, and anything else the task keeps."
@@ -132,6 +132,7 @@ class Task:
     classify:Callable=None        # (model, job, TaskData, device, sample_steps:list) -> dict (classification tasks)
     report:Callable=None          # metrics -> one console line of the headline numbers
     files:Callable=None           # (job, TaskData, run_dir) -> None: files a run keeps beside its weights (e.g. its tokenizer)
+    fit_callbacks:Callable=None   # (model, job, run_dir) -> callbacks for Trainer.fit that record statistics over training (e.g. a table's norms)
     describe:Callable=None        # job -> a short name of its arm for default run folders (default: method and B)
     commands:dict=field(default_factory=dict)  # name -> Command: subcommands the task adds to the CLI
     bench_models:dict=field(default_factory=dict)  # name -> BenchModel: networks `diffusionblocks bench` can time

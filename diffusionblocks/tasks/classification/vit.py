@@ -7,7 +7,7 @@ __all__ = ['VIT_CONFIGS', 'BLOCK0_SIGMA', 'ViTConfig', 'vit_config', 'ViTLayer',
            'CoverPartition', 'vit_blocks', 'train_quantile', 'classify', 'block_accuracy', 'expected_calibration_error',
            'evaluate_classifier', 'Supervised']
 
-# %% ../../../nbs/15_vit.ipynb #cf8ca328
+# %% ../../../nbs/15_vit.ipynb #b22091c7
 import math, dataclasses, warnings
 from dataclasses import dataclass
 import torch, torch.nn as nn, torch.nn.functional as F
@@ -17,7 +17,7 @@ from ...partition import Partition, HigherTiePartition
 from ...layers import SigmaEmbedder, Attention, Mlp
 from ...blocks import TaskAdapter, DiffusionBlocks
 from ...sampling import sample_euler, capped_denoiser
-from .profiles import Profile, get_profile
+from .profiles import Profile, get_profile, with_parts, label_estimate
 from ...engine import EngineModel
 
 # %% ../../../nbs/15_vit.ipynb #a5bdfd1e
@@ -161,7 +161,7 @@ class CoverPartition(Partition):
     def block_of(self, sigma, tol:float=1e-6):
         return (HigherTiePartition.block_of if self.tie_rule == 'higher' else Partition.block_of)(self, sigma, tol)
 
-# %% ../../../nbs/15_vit.ipynb #45122dcb
+# %% ../../../nbs/15_vit.ipynb #4840eafd
 def vit_blocks(cfg,                          # a VIT_CONFIGS key, a dict of ViTConfig fields, or a ViTConfig
                num_classes:int,              # C
                blocks:int=3,                 # B (1: the same network as one block trained on the whole σ range)
@@ -174,13 +174,16 @@ def vit_blocks(cfg,                          # a VIT_CONFIGS key, a dict of ViTC
                parity:bool=None,             # deprecated: parity=True is profile='released'
                block0_sigma:str='log-normal',# block 0's training σ law: 'log-normal' (the paper) or 'log-uniform' over its range (an option beyond the paper, `17b_vit_gap`)
                loss_weighting:str=None,      # a noise.LOSS_WEIGHTINGS name; None: the profile's ('lambda' paper, 'official' released)
+               init:str=None,                # profile parts (`15a_profiles`: PARTS) swapped for an ablation; None: the profile's
+               layer_norm:str=None,
+               modulation:str=None,
                **kw,                         # passed to DiffusionBlocks (e.g. weight_clamp)
               ) -> DiffusionBlocks:
     "The paper's ViT converted into B DiffusionBlocks with a discrete (label-embedding) target."
     if parity is not None:
         warnings.warn("vit_blocks(parity=) is deprecated: use profile='released' (or 'paper')", DeprecationWarning, stacklevel=2)
         profile = 'released' if parity else 'paper'
-    cfg, prof = vit_config(cfg), get_profile(profile)
+    cfg, prof = vit_config(cfg), with_parts(profile, init=init, layer_norm=layer_norm, modulation=modulation)
     layers = [prof.layer(cfg.hidden, cfg.heads, cfg.cond_dim, cfg.mlp_dim, cfg.dropout) for _ in range(cfg.depth)]
     if block0_sigma not in BLOCK0_SIGMA: raise ConfigError(f"block0_sigma must be one of {', '.join(BLOCK0_SIGMA)}, got {block0_sigma!r}")
     part = Partition.make(blocks, scheme, overlap, edm, tie=prof.tie)
@@ -196,7 +199,7 @@ def train_quantile(model:DiffusionBlocks, k:int=0, q:float=0.999) -> float:
     "The q-quantile of the σ block k trains on (its widened range under the truncated log-normal)."
     return model.partition.noise_law(k).icdf(torch.tensor(q, dtype=torch.float64)).item()
 
-# %% ../../../nbs/15_vit.ipynb #43df9409
+# %% ../../../nbs/15_vit.ipynb #cf020331
 @torch.no_grad()
 def classify(model:DiffusionBlocks,   # a DiffusionBlocks classifier (EmbeddingTarget), e.g. `vit_blocks(...)`
              x,                       # (N, ...) inputs, passed to the adapter as `x=`
@@ -205,6 +208,7 @@ def classify(model:DiffusionBlocks,   # a DiffusionBlocks classifier (EmbeddingT
              cond_max='auto',         # largest σ the model is called at: 'auto' (the 99.9 % quantile of block 0's training σ), a number, or None (the paper: σ_max)
              callback=None,           # called with the sampler's dict after every step, and after the last call (with its logits)
              draws:int=1,             # initial-noise draws whose class probabilities are averaged (1: the paper; >1 returns log mean probabilities)
+             label_mix:str=None,      # the x0 estimate (`15a_profiles` PARTS): 'normalised', 'raw', 'rescaled', 'hard'; None: the target's own
              steps:int=None,          # deprecated: grid points = block calls, i.e. sample_steps + 1
              trace:list=None,         # deprecated: use callback
             ) -> torch.Tensor:        # (N, C) logits of the last call (at σ_min)
@@ -216,6 +220,10 @@ def classify(model:DiffusionBlocks,   # a DiffusionBlocks classifier (EmbeddingT
         if not (isinstance(draws, int) and not isinstance(draws, bool) and draws >= 1): raise ConfigError(f"draws must be an integer >= 1, got {draws!r}")
         p = sum(classify(model, x, sample_steps, generator, cond_max, callback).softmax(-1) for _ in range(draws)) / draws
         return p.clamp_min(1e-30).log()
+    if label_mix is not None:   # the same checkpoint scored with another mix: the target's `expected` swapped for this call
+        model.target.expected = label_estimate(model.target, label_mix)
+        try: return classify(model, x, sample_steps, generator, cond_max, callback)
+        finally: del model.target.expected
     S = max(model.num_blocks - 1, 1) if sample_steps is None else sample_steps
     if not (isinstance(S, int) and not isinstance(S, bool) and S >= 1): raise ConfigError(f"sample_steps must be an integer >= 1 (S Euler steps, S + 1 block calls), got {sample_steps!r}")
     sigmas = model.sigmas(S)                                                         # (S+1,) float64, σ_max … σ_min
@@ -239,7 +247,7 @@ def classify(model:DiffusionBlocks,   # a DiffusionBlocks classifier (EmbeddingT
     finally: model.train(was)
     return logits.float()
 
-# %% ../../../nbs/15_vit.ipynb #c10b70a4
+# %% ../../../nbs/15_vit.ipynb #268d2e08
 @torch.no_grad()
 def block_accuracy(model:DiffusionBlocks, k:int, x, labels, sigma:float, seed:int=0, batch_size:int=500) -> float:
     "Accuracy of block k's logits from one call at σ on a pure-noise label state σ·ε (image only)."
@@ -256,7 +264,7 @@ def block_accuracy(model:DiffusionBlocks, k:int, x, labels, sigma:float, seed:in
     finally: model.train(was)
     return right / len(x)
 
-# %% ../../../nbs/15_vit.ipynb #491138fe
+# %% ../../../nbs/15_vit.ipynb #47b729f9
 def expected_calibration_error(probs,        # (N, C) class probabilities
                                labels,       # (N,) true classes
                                bins:int=15,  # equal-width confidence bins on (0, 1]
@@ -272,7 +280,7 @@ def expected_calibration_error(probs,        # (N, C) class probabilities
         if m.any(): ece += m.float().mean() * (correct[m].mean() - conf[m].mean()).abs()
     return ece.item()
 
-# %% ../../../nbs/15_vit.ipynb #b9d23748
+# %% ../../../nbs/15_vit.ipynb #afea2a02
 @torch.no_grad()
 def evaluate_classifier(predict,             # x (n, ...) on `device` -> logits (n, C)
                         images, labels,      # (N, ...) inputs and (N,) labels (any device)
@@ -288,7 +296,7 @@ def evaluate_classifier(predict,             # x (n, ...) on `device` -> logits 
     return dict(accuracy=(probs.argmax(-1) == labels).float().mean().item(), ece=expected_calibration_error(probs, labels, bins),
                 nll=F.cross_entropy(logits, labels).item(), n=len(labels))
 
-# %% ../../../nbs/15_vit.ipynb #1e3174fb
+# %% ../../../nbs/15_vit.ipynb #75189601
 class Supervised(EngineModel):
     "A network trained end to end with cross-entropy, as one engine block: the end-to-end baseline."
     def __init__(self, net:nn.Module): super().__init__([net], split=[len(getattr(net, 'layers', [net]))])
