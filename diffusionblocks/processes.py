@@ -37,7 +37,7 @@ def weighted_loss(model, per, sigma) -> torch.Tensor:
     "The per-sample loss `per` at noise levels `sigma` (same shape) reduced by the container's loss weighting (`noise.LOSS_WEIGHTINGS`)."
     return LOSS_WEIGHTINGS[model.loss_weighting](per, sigma, model.edm.sigma_data, model.weight_clamp)
 
-# %% ../nbs/03a_processes.ipynb #1a70a59f
+# %% ../nbs/03a_processes.ipynb #ecff0d5a
 class GaussianNoise:
     "The paper's continuous process: Gaussian noise over σ, EDM preconditioning, λ-weighted loss (the container's default; its `loss_weighting`)."
     level = 'σ'
@@ -66,7 +66,7 @@ class GaussianNoise:
         per = model.target.loss(D, logits, y, y0)                          # (N,)
         loss = weighted_loss(model, per, sigma)
         return loss, {'loss': loss.detach(), 'loss_unweighted': per.mean().detach()}
-    def grid(self, model, sample_steps:int): return equal_mass_sigmas(sample_steps + 1, model.edm)
+    def grid(self, model, sample_steps:int): return model.partition.grid(sample_steps)   # equal mass (equal information for scheme 'information')
 
 # %% ../nbs/03a_processes.ipynb #62030b90
 def per_position(sigma, z) -> torch.Tensor:  # (N, T) float32

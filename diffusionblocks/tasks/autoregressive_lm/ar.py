@@ -6,13 +6,13 @@
 __all__ = ['AR_MODELS', 'two_stream_mask', 'block_causal_mask', 'ARConfig', 'ar_config', 'NextTokenLM', 'ARAdapter', 'ar_blocks',
            'block_pass', 'brute_force_denoise', 'decode_blocks', 'sample_next_token']
 
-# %% ../../../nbs/25_ar.ipynb #8b64d672
+# %% ../../../nbs/25_ar.ipynb #43399c3e
 import math, time, dataclasses
 from dataclasses import dataclass
 import torch, torch.nn as nn, torch.nn.functional as F
 from ...errors import ConfigError, config_from
 from ...noise import EDMConfig, c_skip, c_out, c_in, c_noise
-from ...partition import Partition
+from ...partition import Partition, embedding_information
 from ...layers import SigmaEmbedder, ModulatedOutput, LayerCache, LlamaLayer, swiglu_width
 from ...blocks import TaskAdapter, EmbeddingTarget, DiffusionBlocks
 from ...processes import TokenNoise, per_position
@@ -137,7 +137,7 @@ def readout(self:ARAdapter, h, c): return self.read(h, c, h.shape[1] // 2)      
 @patch
 def head(self:ARAdapter, D, c): return self.out(D, c[:, -D.shape[1]:])                # (N, T, V) logits
 
-# %% ../../../nbs/25_ar.ipynb #5e64684a
+# %% ../../../nbs/25_ar.ipynb #161a8352
 def ar_blocks(config='ar-small',        # an AR_MODELS name, a dict of ARConfig fields, or an ARConfig
               vocab_size:int=65,         # V
               seq_len:int=None,          # longest sequence (None: any)
@@ -154,7 +154,8 @@ def ar_blocks(config='ar-small',        # an AR_MODELS name, a dict of ARConfig 
     cfg = ar_config(config)
     layers = [LlamaLayer(cfg.hidden, cfg.heads, cfg.cond_dim, cfg.mlp_dim) for _ in range(cfg.depth)]
     model = DiffusionBlocks(layers, lambda: ARAdapter(vocab_size, cfg.hidden, cfg.embed_dim, cfg.cond_dim, seq_len),
-                            Partition.make(blocks, scheme, overlap, edm), target=EmbeddingTarget(vocab_size, cfg.embed_dim),
+                            Partition.make(blocks, scheme, overlap, edm, curve=lambda s: embedding_information(s, vocab_size, cfg.embed_dim)),
+                            target=EmbeddingTarget(vocab_size, cfg.embed_dim),
                             split=split, share_adapter=share_adapter, weight_clamp=weight_clamp, process=TokenNoise(), loss_weighting=loss_weighting)
     model.ar_config = cfg
     return model
@@ -188,7 +189,7 @@ def brute_force_denoise(model:DiffusionBlocks, k:int, z, sigma, x) -> tuple:
                               torch.ones(i + 1, i + 1, dtype=torch.bool, device=z.device).tril()))
     return torch.cat([o[0] for o in out], 1), torch.cat([o[1] for o in out], 1)
 
-# %% ../../../nbs/25_ar.ipynb #18244aa2
+# %% ../../../nbs/25_ar.ipynb #9a6efcde
 @torch.no_grad()
 def decode_blocks(model:DiffusionBlocks,  # an `ar_blocks` model
                   prompt,                 # (N, P) token ids, P >= 0
@@ -198,11 +199,13 @@ def decode_blocks(model:DiffusionBlocks,  # an `ar_blocks` model
                   generator=None,         # torch.Generator for the initial noise (on the model's device, or CPU)
                   use_cache:bool=True,    # KV caches of the clean stream (False: recompute the prefix at every call)
                   callback=None,          # called with dict(i, token, logits) after each token
+                  noise_scale:float=1.,   # τ: the initial state is τ·σ_max·ε (a temperature: τ < 1 sharpens, like top-p < 1)
                  ) -> torch.Tensor:       # (N, P + new_tokens) ids
     "Greedy DiffusionBlocks decoding: per token, Euler from σ_max through the blocks on the equal-mass grid, argmax of the last call."
     B = model.num_blocks
     S = max(B - 1, 1) if sample_steps is None else sample_steps
     if not (isinstance(S, int) and S >= 1): raise ConfigError(f"sample_steps must be an integer >= 1, got {sample_steps!r}")
+    if not (isinstance(noise_scale, (int, float)) and 0 <= noise_scale < float('inf')): raise ConfigError(f"noise_scale must be a number >= 0, got {noise_scale!r}")
     sigmas, cap = model.sigmas(S), decode_cap(model, cond_max)
     dev = next(model.parameters()).device
     ids, N = prompt.to(dev), prompt.shape[0]
@@ -226,7 +229,7 @@ def decode_blocks(model:DiffusionBlocks,  # an `ar_blocks` model
                 return model.target.expected(logits).to(z.dtype)
             den = lambda z, sigma, **_: call(z, float(sigma[0]))
             eps = torch.randn(N, 1, d_e, generator=generator, device=generator.device if generator is not None else dev).to(dev)
-            z = sample_euler(capped_denoiser(den, cap), float(sigmas[0]) * eps, sigmas)
+            z = sample_euler(capped_denoiser(den, cap), noise_scale * float(sigmas[0]) * eps, sigmas)
             s = float(sigmas[-1]); sc = min(s, cap)
             call(z * (sc / s), sc)                                              # the last call, at σ_min: its logits
             tok = last['logits'][:, -1].argmax(-1)
