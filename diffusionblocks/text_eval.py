@@ -125,7 +125,7 @@ def reference_model(job, data:TaskData, device=None,
     label = f"local CausalLM {cfg.get('depth')}×{cfg.get('hidden')} on {c.source} val, {its} it."
     return LocalReference(m, codec, device=device, max_len=T, label=label)
 
-# %% ../nbs/26b_text_eval.ipynb #7191b87d
+# %% ../nbs/26b_text_eval.ipynb #be5a58d5
 def text_evaluation(job, data:TaskData, decode, device=None, local:Callable=local_reference, n_eval:int=None, continuations:int=None,
                     prompt_len:int=None, new_tokens:int=None, mauve_scaling:float=None) -> dict:
     "Score a decoder on prompts of the test split: `decode(prompts, new_tokens, continuations, seed)` -> (ids, seconds, description)."
@@ -136,8 +136,11 @@ def text_evaluation(job, data:TaskData, decode, device=None, local:Callable=loca
     ids, secs, decoder = decode(pr, M, C, job.seed + 1)
     gen = ids[:, P:]
     ref = reference_model(job, data, device, local)
-    m = text_metrics(ref, [codec.decode(r) for r in gen], [codec.decode(r) for r in truth], real=[codec.decode(r) for r in truth],
-                     samples_ids=[r.tolist() for r in gen], scaling_factor=mauve_scaling or o.mauve_scaling, seed=job.seed + 25)
+    texts = lambda rows: [codec.decode(r) for r in rows]
+    true_texts = texts(truth)
+    m = text_metrics(ref, texts(gen), true_texts, real=true_texts, samples_ids=[r.tolist() for r in gen],
+                     scaling_factor=mauve_scaling or o.mauve_scaling, seed=job.seed + 25,
+                     contexts=texts(ids[:, :P]), real_contexts=texts(pr))        # gen-PPL and ref_ppl given the prompts
     return dict(m, tokens_per_second=gen.numel() / secs, decode_seconds=round(secs, 2), decoder=decoder, n_prompts=n, continuations=C,
                 prompt_len=P, new_tokens=M, tokenizer=codec.name, vocab_size=len(codec))
 
@@ -156,6 +159,8 @@ def lm_report(m:dict, tail:str='') -> str:
     "The headline line of a text-generating run."
     if not any(k.startswith('mauve') for k in m): return f"{m['method']} B={m['blocks']}: {m['iterations']} iterations (not evaluated)"
     sfx = '_local' if 'mauve_local' in m else ''
+    given = ', given the prompts' if m.get('ppl_prompted') else ''
+    ent = f", entropy {m['entropy']:.2f}" if 'entropy' in m else ''       # results written before it have none
     return (f"{m['method']} B={m['blocks']} on {m['dataset']}: MAUVE{sfx} {m['mauve' + sfx]:.3f}, gen-PPL{sfx} {m['gen_ppl' + sfx]:.2f} "
-            f"(real text {m['ref_ppl' + sfx]:.2f}), distinct-4 {m['distinct_4']:.3f}, repetition {m['repetition_rate']:.3f}{tail}; "
+            f"(real text {m['ref_ppl' + sfx]:.2f}{given}), distinct-4 {m['distinct_4']:.3f}, repetition {m['repetition_rate']:.3f}{ent}{tail}; "
             f"{m['tokens_per_second']:.0f} tokens/s; {m['iterations']} iterations in {m['train_seconds']:.0f} s")
