@@ -50,7 +50,7 @@ def run_arm(job:Job, run_dir, device=None, progress:bool=False) -> dict:
     return run_job(job, run_dir, device, progress=progress)
 
 # %% ../../nbs/33_reproduce.ipynb #64adf029
-def reproduce(table,                 # a TABLES key ('1', '2', '6', '7', '10')
+def reproduce(table,                 # a TABLES key ('1' … '7', '10')
               scale:str='cpu',       # one of TABLE_SCALES
               seeds:int=1,           # seeds 0 … seeds−1 per arm
               out=None,              # output folder (default runs/reproduce-<table>-<scale>)

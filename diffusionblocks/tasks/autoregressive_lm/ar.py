@@ -189,7 +189,7 @@ def brute_force_denoise(model:DiffusionBlocks, k:int, z, sigma, x) -> tuple:
                               torch.ones(i + 1, i + 1, dtype=torch.bool, device=z.device).tril()))
     return torch.cat([o[0] for o in out], 1), torch.cat([o[1] for o in out], 1)
 
-# %% ../../../nbs/25_ar.ipynb #9a6efcde
+# %% ../../../nbs/25_ar.ipynb #fe127cd0
 @torch.no_grad()
 def decode_blocks(model:DiffusionBlocks,  # an `ar_blocks` model
                   prompt,                 # (N, P) token ids, P >= 0
@@ -200,6 +200,7 @@ def decode_blocks(model:DiffusionBlocks,  # an `ar_blocks` model
                   use_cache:bool=True,    # KV caches of the clean stream (False: recompute the prefix at every call)
                   callback=None,          # called with dict(i, token, logits) after each token
                   noise_scale:float=1.,   # τ: the initial state is τ·σ_max·ε (a temperature: τ < 1 sharpens, like top-p < 1)
+                  start_sigma:float=None, # start the grid here instead of σ_max (block 0 is rarely trained near σ_max)
                  ) -> torch.Tensor:       # (N, P + new_tokens) ids
     "Greedy DiffusionBlocks decoding: per token, Euler from σ_max through the blocks on the equal-mass grid, argmax of the last call."
     B = model.num_blocks
@@ -207,6 +208,9 @@ def decode_blocks(model:DiffusionBlocks,  # an `ar_blocks` model
     if not (isinstance(S, int) and S >= 1): raise ConfigError(f"sample_steps must be an integer >= 1, got {sample_steps!r}")
     if not (isinstance(noise_scale, (int, float)) and 0 <= noise_scale < float('inf')): raise ConfigError(f"noise_scale must be a number >= 0, got {noise_scale!r}")
     sigmas, cap = model.sigmas(S), decode_cap(model, cond_max)
+    if start_sigma is not None:
+        if not (isinstance(start_sigma, (int, float)) and sigmas[1] < start_sigma <= sigmas[0]): raise ConfigError(f"start_sigma must lie in ({float(sigmas[1]):.4g}, {float(sigmas[0]):.4g}], got {start_sigma!r}")
+        sigmas = sigmas.clone(); sigmas[0] = start_sigma
     dev = next(model.parameters()).device
     ids, N = prompt.to(dev), prompt.shape[0]
     d_e = model.target.embedding.weight.shape[1]

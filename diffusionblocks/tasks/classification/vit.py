@@ -7,13 +7,13 @@ __all__ = ['VIT_CONFIGS', 'BLOCK0_SIGMA', 'ViTConfig', 'vit_config', 'ViTLayer',
            'CoverPartition', 'vit_blocks', 'train_quantile', 'classify', 'block_accuracy', 'expected_calibration_error',
            'evaluate_classifier', 'Supervised']
 
-# %% ../../../nbs/15_vit.ipynb #b22091c7
+# %% ../../../nbs/15_vit.ipynb #02bd8acd
 import math, dataclasses, warnings
 from dataclasses import dataclass
 import torch, torch.nn as nn, torch.nn.functional as F
 from ...errors import ConfigError, config_from
 from ...noise import EDMConfig
-from ...partition import Partition, HigherTiePartition
+from ...partition import Partition, HigherTiePartition, embedding_information
 from ...layers import SigmaEmbedder, Attention, Mlp
 from ...blocks import TaskAdapter, DiffusionBlocks
 from ...sampling import sample_euler, capped_denoiser
@@ -161,7 +161,7 @@ class CoverPartition(Partition):
     def block_of(self, sigma, tol:float=1e-6):
         return (HigherTiePartition.block_of if self.tie_rule == 'higher' else Partition.block_of)(self, sigma, tol)
 
-# %% ../../../nbs/15_vit.ipynb #4840eafd
+# %% ../../../nbs/15_vit.ipynb #b37f14c9
 def vit_blocks(cfg,                          # a VIT_CONFIGS key, a dict of ViTConfig fields, or a ViTConfig
                num_classes:int,              # C
                blocks:int=3,                 # B (1: the same network as one block trained on the whole σ range)
@@ -186,7 +186,8 @@ def vit_blocks(cfg,                          # a VIT_CONFIGS key, a dict of ViTC
     cfg, prof = vit_config(cfg), with_parts(profile, init=init, layer_norm=layer_norm, modulation=modulation)
     layers = [prof.layer(cfg.hidden, cfg.heads, cfg.cond_dim, cfg.mlp_dim, cfg.dropout) for _ in range(cfg.depth)]
     if block0_sigma not in BLOCK0_SIGMA: raise ConfigError(f"block0_sigma must be one of {', '.join(BLOCK0_SIGMA)}, got {block0_sigma!r}")
-    part = Partition.make(blocks, scheme, overlap, edm, tie=prof.tie)
+    part = Partition.make(blocks, scheme, overlap, edm, tie=prof.tie,
+                          curve=lambda s: embedding_information(s, num_classes, cfg.hidden))   # scheme 'information': the label geometry
     if block0_sigma == 'log-uniform': part = CoverPartition(part.boundaries, part.overlap, part.edm, part.scheme, tie_rule=prof.tie)
     model = DiffusionBlocks(layers, ViTAdapter(cfg, num_classes, prof), part,
                             target=prof.target(num_classes, cfg.hidden), split=split, share_adapter=share_adapter,

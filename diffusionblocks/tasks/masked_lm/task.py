@@ -6,7 +6,7 @@
 __all__ = ['TEXT8_TRAIN_SEQUENCES', 'SCHEMES', 'BENCH_MODELS', 'TASK', 'MaskedLMOptions', 'load_data', 'build', 'evaluate',
            'sample', 'report', 'mdm_bench']
 
-# %% ../../../nbs/24_jobs_text.ipynb #e815e8a8
+# %% ../../../nbs/24_jobs_text.ipynb #fcb08cc6
 import math, time
 from pathlib import Path
 import torch
@@ -16,12 +16,15 @@ from ...partition import MaskPartition
 from .mdm import mdm_blocks, mdm_config, elbo_bpc, sample_tokens
 from dataclasses import dataclass
 from ...partition import MASK_SCHEDULES
-from .. import Task, TaskData, Options, option, register_task, register_preset, BenchModel
+from .. import Task, TaskData, Options, option, register_task, register_preset, BenchModel, register_table
 
-# %% ../../../nbs/24_jobs_text.ipynb #4eab9be8
+# %% ../../../nbs/24_jobs_text.ipynb #af9e6ea2
 TEXT8_TRAIN_SEQUENCES = 90_000_000 // 256                 # 351,562 sequences of 256 in text8's train split
 _MD4_BASE = math.ceil(100 * TEXT8_TRAIN_SEQUENCES / 256)  # 100 epochs at batch 256: 137,329 iterations
-SCHEMES = {'equal-mass': 'equal-mass', 'linear': 'linear'} # Job.scheme -> MaskPartition scheme (equal α / equal t)
+# Job.scheme -> MaskPartition scheme (equal α / equal t). 'information': under absorbing masking a token is either
+# revealed or not, so the information about x0 revealed by time t is α(t)·Σ H(x_i) for i.i.d. text: linear in α, and
+# equal α decrements are the information-aligned partition (the closed form of `02_partition`'s scheme for masks).
+SCHEMES = {'equal-mass': 'equal-mass', 'linear': 'linear', 'information': 'equal-mass'}
 
 # %% ../../../nbs/24_jobs_text.ipynb #3cd83123
 @dataclass(frozen=True)
@@ -142,3 +145,16 @@ TASK = register_task(Task('masked-lm', methods=('dblocks', 'e2e'), blockwise=('d
                           build=build,
                           evaluate=evaluate, sample=sample, sample_file='samples.txt', report=report,
                           options=MaskedLMOptions, baseline='e2e', bench_models=BENCH_MODELS))
+
+# %% ../../../nbs/24_jobs_text.ipynb #3a0d3215
+def _md4_arms(scale:str) -> dict:
+    "{arm: job spec} of Table 3 at a scale."
+    preset, kw = {'cpu': ('md4-shakespeare', dict(baseline_iterations=3000)), 'gpu-short': ('md4-text8', dict(baseline_iterations=2000)),
+                  'paper': ('md4-text8', {})}[scale]
+    return {'e2e': dict(preset=preset, baseline=True, **kw), 'dblocks': dict(preset=preset, **kw)}
+
+register_table('3', 'Masked diffusion (MD4) on text8 (Sec. 5.3)', [('MD4', 'e2e', 1.56), ('+ DiffusionBlocks', 'dblocks', 1.45)],
+               'bpc', _md4_arms, 'MD4', unit='BPC', factor=1., higher_is_better=False,
+               paper_metric='test bits per character (ELBO), text8, 100 epochs',
+               notes={'cpu': 'text8-style TinyShakespeare, 12x64, T = 64, B = 3, 3,000 baseline iterations',
+                      'gpu-short': 'md4-text8, 2,000 baseline iterations', 'paper': 'md4-text8 preset as it is'})

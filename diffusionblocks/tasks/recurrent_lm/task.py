@@ -6,7 +6,7 @@
 __all__ = ['TASK', 'RecurrentLMOptions', 'load_data', 'build', 'generate', 'evaluate', 'sample', 'report', 'preset_budgets',
            'flops_table', 'flops_markdown']
 
-# %% ../../../nbs/29_jobs_recurrent.ipynb #0da78f75
+# %% ../../../nbs/29_jobs_recurrent.ipynb #03b7f0c0
 import math, time
 from pathlib import Path
 import torch
@@ -16,12 +16,12 @@ from .huginn import (huginn_config, HuginnLM, HuginnTrainer, huginn_blocks,
                                                        batch_next_token, decode_recurrent, train_flops, step_account,
                                                        PROMPT_STATES, X0_ESTIMATES)
 from dataclasses import dataclass
-from .. import Task, TaskData, register_task, register_preset, engine_iterations, PRESETS
+from .. import Task, TaskData, register_task, register_preset, engine_iterations, PRESETS, register_table
 from ...text_eval import (LMOptions, option, autocast_for, save_tokenizer, text_evaluation, write_samples,
                                       lm_report)
 from ...noise import LOSS_WEIGHTINGS, check_loss_weighting
 
-# %% ../../../nbs/29_jobs_recurrent.ipynb #bdc2fd9e
+# %% ../../../nbs/29_jobs_recurrent.ipynb #04f8aabc
 @dataclass(frozen=True)
 class RecurrentLMOptions(LMOptions):
     "The recurrent-depth LM's options: the shared LM data and text-evaluation options, plus its own."
@@ -49,7 +49,7 @@ register_preset('huginn-lm1b', 'recurrent-lm', 'gpu', "the paper's recurrent-dep
                 lr_schedule='cosine',
                 epochs=15, warmup_fraction=0.01, grad_clip=1.0, save_every=5000,
                 method_overrides={'e2e': dict(epochs=5)},
-                options=dict(_HUGINN_EVAL, seq_len=256, tokenizer='bpe', vocab_size=32000, n_eval=1000,
+                options=dict(_HUGINN_EVAL, seq_len=256, tokenizer='bpe', vocab_size=32000, n_eval=1000, mauve_scaling=2.,
                              continuations=5, new_tokens=50, reference='gpt2-large',
                           reference_model=dict(depth=6, hidden=512, heads=8), reference_iterations=20000, n_show=8))
 register_preset('huginn-shakespeare', 'recurrent-lm', 'cpu', 'recurrent-depth LM (Huginn 2/4/2, d 64, r̄ 16) on '
@@ -166,3 +166,19 @@ TASK = register_task(Task('recurrent-lm', methods=('dblocks', 'e2e'), blockwise=
                           options=RecurrentLMOptions,
                           load_data=load_data, build=build, batch_fn=batch_next_token, evaluate=evaluate, sample=sample,
                           sample_file='samples.txt', report=report, files=save_tokenizer))
+
+# %% ../../../nbs/29_jobs_recurrent.ipynb #ea23f54f
+def _huginn_arms(scale:str) -> dict:
+    "{arm: job spec} of Table 5 at a scale."
+    preset = 'huginn-shakespeare' if scale == 'cpu' else 'huginn-lm1b'
+    kw = dict(baseline_iterations=2000) if scale == 'gpu-short' else {}
+    arms = {'e2e': dict(preset=preset, baseline=True, **kw), 'dblocks': dict(preset=preset, **kw)}
+    if scale == 'cpu': arms['dblocks-flops'] = dict(preset=preset, baseline_iterations=1272)
+    return arms
+
+register_table('5', 'Recurrent-depth LM (Huginn) on LM1B (Sec. 5.5)',
+               [('Huginn', 'e2e', 46.73), ('+ DiffusionBlocks', 'dblocks', 42.43), ('+ DiffusionBlocks, equal FLOPs', 'dblocks-flops', None)],
+               'gen_ppl_local', _huginn_arms, 'Huginn', unit='gen-PPL', factor=1., higher_is_better=False,
+               paper_metric='gen-PPL under GPT2-XL, LM1B (Huginn 5 epochs, DiffusionBlocks 15)',
+               notes={'cpu': 'TinyShakespeare characters, Huginn 2/4/2 d 64, 300 vs 900 iterations (1,272 at equal FLOPs), local reference LM',
+                      'gpu-short': 'huginn-lm1b, 2,000 baseline iterations', 'paper': 'huginn-lm1b preset as it is'})
