@@ -39,7 +39,7 @@ def warmup_cosine(i:int, iterations:int, warmup:int=0) -> float:
     if i < warmup: return (i + 1) / warmup
     return 0.5 * (1 + math.cos(math.pi * (i - warmup) / max(1, iterations - warmup)))
 
-# %% ../nbs/06_engine.ipynb #3d0da20f
+# %% ../nbs/06_engine.ipynb #15e08485
 def fit(model:nn.Module,           # trained in place
         loss_fn,                   # loss_fn(i) -> scalar loss of iteration i (draws its own batch)
         iterations:int,            # optimizer steps n
@@ -60,7 +60,8 @@ def fit(model:nn.Module,           # trained in place
     opt = torch.optim.AdamW(model.parameters() if params is None else params, lr=lr, weight_decay=weight_decay)
     sched = scheduler(opt) if scheduler is not None else torch.optim.lr_scheduler.LambdaLR(opt, lambda i: warmup_cosine(i, iterations, warmup))
     losses = []
-    with torch.random.fork_rng(devices=[device] if device.type == 'cuda' else [], enabled=seed is not None):
+    # enable_grad: a loop started from evaluation code (a lazily trained reference LM under no_grad) still trains
+    with torch.random.fork_rng(devices=[device] if device.type == 'cuda' else [], enabled=seed is not None), torch.enable_grad():
         if seed is not None: torch.manual_seed(seed)
         for it in range(iterations):
             loss = loss_fn(it)

@@ -167,13 +167,16 @@ TASK = register_task(Task('recurrent-lm', methods=('dblocks', 'e2e'), blockwise=
                           load_data=load_data, build=build, batch_fn=batch_next_token, evaluate=evaluate, sample=sample,
                           sample_file='samples.txt', report=report, files=save_tokenizer))
 
-# %% ../../../nbs/29_jobs_recurrent.ipynb #ea23f54f
+# %% ../../../nbs/29_jobs_recurrent.ipynb #8df72086
 def _huginn_arms(scale:str) -> dict:
     "{arm: job spec} of Table 5 at a scale."
     preset = 'huginn-shakespeare' if scale == 'cpu' else 'huginn-lm1b'
     kw = dict(baseline_iterations=2000) if scale == 'gpu-short' else {}
     arms = {'e2e': dict(preset=preset, baseline=True, **kw), 'dblocks': dict(preset=preset, **kw)}
-    if scale == 'cpu': arms['dblocks-flops'] = dict(preset=preset, baseline_iterations=1272)
+    # equal training FLOPs: the CPU preset's counted ratio (1.42× over 300 vs 900), the paper size's per-step ratio 4.86
+    arms['dblocks-flops'] = {'cpu': dict(preset=preset, baseline_iterations=1272),
+                             'gpu-short': dict(preset=preset, baseline_iterations=round(2000 * 4.86)),
+                             'paper': dict(preset=preset, epochs=round(5 * 4.86))}[scale]
     return arms
 
 register_table('5', 'Recurrent-depth LM (Huginn) on LM1B (Sec. 5.5)',
