@@ -335,7 +335,7 @@ def set_latest(root, names:list):
     "Atomically point LATEST at names[0], with names[1:] as the earlier checkpoints."
     atomic_write(Path(root) / POINTER, json.dumps({'checkpoint': names[0], 'previous': list(names[1:])}))
 
-# %% ../nbs/07_checkpoint.ipynb #a41d45f8
+# %% ../nbs/07_checkpoint.ipynb #d4a3dd0d
 def save_checkpoint(root,          # the run's checkpoint/ directory
                     name:str,      # checkpoint name, e.g. 'step-00000120'
                     files:dict,    # {filename: (tensors, metadata)} written with safetensors
@@ -359,6 +359,7 @@ def save_checkpoint(root,          # the run's checkpoint/ directory
         for fn, (tensors, meta) in files.items():
             target = final / fn
             data = st_save(tensors, meta); sums[fn] = _sha256(data); _write_file(tmp / fn, data)
+            del data                             # one file's bytes in memory at a time (a mapped run saves block by block)
         state = {**state, 'sha256': sums}
         state['state_sha256'] = _state_sha256(state)
         target = final / STATE_FILE

@@ -57,7 +57,7 @@ def test_missing_arms_leave_ours_empty(tmp_path):
     assert [r['arm'] for r in res['rows']].count(None) == 2            # NoProp-CT and -FM are not in the library
 
 
-@pytest.mark.parametrize('argv, msg', [(['reproduce', '4'], "no table '4'"), (['reproduce', '1', '--scale', 'tpu'], '--scale must be one of'),
+@pytest.mark.parametrize('argv, msg', [(['reproduce', '9'], "no table '9'"), (['reproduce', '1', '--scale', 'tpu'], '--scale must be one of'),
                                        (['reproduce', '1', '--seeds', '0'], '--seeds must be in'), (['reproduce', '1', '--seeds', 'two'], '--seeds must be an integer'),
                                        (['reproduce', '1', '--arm', 'sgd', '--out', 'OUT'], "no arm 'sgd'"), (['reproduce', '1', '--out', 'FILE'], 'is a file')])
 def test_command_errors_are_one_line(argv, msg, tmp_path, capsys):

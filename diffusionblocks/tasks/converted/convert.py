@@ -236,24 +236,35 @@ def partition_of(model, blocks:int, overlap:float=0.05, flow:FlowConfig=None):
     if type(model).__name__ == 'DiTTransformer2DModel': return DiscretePartition.make(blocks, overlap)
     return FlowPartition.make(blocks, overlap, flow or FlowConfig())
 
-# %% ../../../nbs/34_convert.ipynb #59950685
+# %% ../../../nbs/34_convert.ipynb #0bfe0e36
 def wrap_diffusers(model,                   # a diffusers transformer (consumed: its layers move into the blocks)
                    blocks:int=None,         # B
                    layers_per_block:int=None, # or n layers per block (SimpleTuner's name)
                    shared:str='copy',       # 'copy': per-block embedders/final layer; 'frozen': one shared, frozen copy
                    overlap:float=0.05,      # γ (in mass of the noise density)
-                   flow:FlowConfig=None,    # the flow models' t density (default logit-normal(0, 1), shift 1)
+                   flow:FlowConfig=None,    # the flow models' t density (default: logit-normal(0, 1) with the scheduler's shift, else 1)
                    split=None,              # explicit layers per block (overrides blocks / layers_per_block)
+                   scheduler:dict=None,     # flow models: the source's scheduler config (its shift; its own grid for timesteps='native')
+                   seq_len:int=None,        # image tokens per sample, for a dynamic (Flux) shift (SD3: its patch grid)
                   ) -> DiffusionBlocks:
     "A diffusers transformer as B DiffusionBlocks: contiguous layer groups, the embedders/final layer per block or shared-frozen, its own noise process."
     if shared not in ('copy', 'frozen'): raise ConfigError(f"shared must be 'copy' or 'frozen', got {shared!r}")
+    flow, how = _scheduler_flow(model, flow, scheduler, seq_len)
     adapter = adapter_of(model)                                              # first: it reads the DiT's label-dropout probability
     layers = layers_of(model)
     split = list(split) if split is not None else even_split(len(layers), blocks, layers_per_block)
     m = DiffusionBlocks(layers, adapter, partition_of(model, len(split), overlap, flow), split=split,
                         share_adapter=shared == 'frozen', process=process_of(model))
     m.source_class, m.source_config = type(model).__name__, dict(model.config)
+    if scheduler is not None: m.scheduler_config, m.shift_source = dict(scheduler), how
     return freeze_shared(m) if shared == 'frozen' else m
+
+def _scheduler_flow(model, flow, scheduler, seq_len):
+    "(FlowConfig, where its shift came from): `flow` as given, else the scheduler's shift (flow models; see `scheduler_shift`)."
+    if flow is not None or scheduler is None or type(model).__name__ == 'DiTTransformer2DModel': return flow, 'argument' if flow is not None else None
+    if seq_len is None and type(model).__name__ == 'SD3Transformer2DModel': seq_len = (model.config.sample_size // model.config.patch_size) ** 2
+    s, how = scheduler_shift(scheduler, seq_len)
+    return FlowConfig(shift=s), how
 
 # %% ../../../nbs/34_convert.ipynb #77b760ec
 def dynamic_mu(scheduler:dict, seq_len:int) -> float:
@@ -289,7 +300,7 @@ def native_sigmas(scheduler:dict,       # the source's scheduler config
     else: s.set_timesteps(sample_steps)
     return torch.as_tensor(s.sigmas, dtype=torch.float64).cpu()
 
-# %% ../../../nbs/34_convert.ipynb #97181fb8
+# %% ../../../nbs/34_convert.ipynb #e875edeb
 def _seq_len(model, x):
     "Image tokens per sample: packed tokens (Flux), or the patch grid of a latent (SD3)."
     if x.ndim == 3: return x.shape[1]
@@ -319,7 +330,7 @@ def sample_converted(model:DiffusionBlocks, # a converted model (its process: ED
     from diffusionblocks.sampling import sample_euler
     return sample_euler(model, x, model.sigmas(sample_steps), extra_args=cond)
 
-# %% ../../../nbs/34_convert.ipynb #af2dcb50
+# %% ../../../nbs/34_convert.ipynb #9bdd3fa0
 class RoutedTransformer(nn.Module):
     "A converted diffusers transformer behind its original forward signature, routing each timestep to its block (a stand-in for `pipe.transformer`)."
     def __init__(self, model:DiffusionBlocks, source_config:dict=None):
@@ -338,7 +349,7 @@ class RoutedTransformer(nn.Module):
         t = torch.as_tensor(timestep, device=device).float().reshape(-1).expand(n)
         return t / 1000 if self.kind == 'SD3Transformer2DModel' else t
 
-# %% ../../../nbs/34_convert.ipynb #0fe59bc1
+# %% ../../../nbs/34_convert.ipynb #cc5d3a06
 @patch
 def forward(self:RoutedTransformer, hidden_states, timestep=None, encoder_hidden_states=None, pooled_projections=None, class_labels=None,
                guidance=None, img_ids=None, txt_ids=None, return_dict:bool=True, **ignored):

@@ -7,8 +7,8 @@ __all__ = ['TASK', 'ConvertedOptions', 'options_for', 'source_kind', 'scheduler_
            'load_data', 'teacher_of', 'build', 'evaluate', 'sample', 'report', 'convert', 'ConvertArgs',
            'convert_command']
 
-# %% ../../../nbs/36_jobs_convert.ipynb #93a6d3ac
-import json, math, shutil
+# %% ../../../nbs/36_jobs_convert.ipynb #161b61f4
+import json, math, shutil, tempfile
 from pathlib import Path
 import torch, torch.nn.functional as F
 from torch.utils.data import Dataset
@@ -239,7 +239,7 @@ def _add_lora(model, spec:dict):
     from diffusionblocks.tasks.converted.lora import add_lora
     for b in model.blocks: add_lora(b, **spec)
 
-# %% ../../../nbs/36_jobs_convert.ipynb #9c4ae919
+# %% ../../../nbs/36_jobs_convert.ipynb #7b5070e8
 def _eval_diffusers(model, job, data, device=None, n_eval:int=None, sample_steps:int=None) -> dict:
     o, dev = job.options, device or next(model.parameters()).device
     n, steps = n_eval or o.n_eval, sample_steps or o.sample_steps
@@ -255,7 +255,12 @@ def _eval_diffusers(model, job, data, device=None, n_eval:int=None, sample_steps
     return dict(eval_loss=sum(losses) / len(losses), eval_loss_per_block=losses, sample_mean=x.mean().item(),
                 sample_std=x.std().item(),
                 data_mean=y.mean().item(), data_std=y.std().item(), n_eval=len(y), sample_steps=steps,
-                timesteps=o.timesteps)
+                timesteps=o.timesteps, **_shift_of(job))
+
+def _shift_of(job) -> dict:
+    "A flow model's shift and where it came from, for its metrics ({} for a DiT)."
+    m = job.model
+    return dict(shift=m['flow']['shift'], shift_source=m.get('shift_source')) if m.get('flow') else {}
 
 def evaluate(model, job, data, device=None) -> dict:
     if job.model['kind'] == 'run': return get_task(job.model['task']).evaluate(model, _base_job(job), data, device)
@@ -293,7 +298,12 @@ def _json_config(cfg) -> dict:
     return json.loads(json.dumps({k: (list(v) if isinstance(v, tuple) else v) for k,
                                   v in dict(cfg).items() if not k.startswith('_')}))
 
-# %% ../../../nbs/36_jobs_convert.ipynb #ad6b7e17
+# %% ../../../nbs/36_jobs_convert.ipynb #d64e434c
+def _stage(out:Path) -> Path:
+    "A hidden folder beside the run directory for the distillation teacher's files until the run is written."
+    return Path(tempfile.mkdtemp(prefix=f'.{out.name}-teacher-', dir=out.parent))
+
+# %% ../../../nbs/36_jobs_convert.ipynb #16e2459b
 def convert(source,                  # a run directory, a diffusers folder or a hub id
             out,                     # the new run directory (new or empty)
             blocks:int=None,         # B
@@ -327,63 +337,72 @@ def convert(source,                  # a run directory, a diffusers folder or a 
     kind = source_kind(source)
     out = runs.check_out_dir(out)
     method = 'distill' if distill else 'dblocks'
-    if kind == 'run':
-        src_job = runs.read_run(source)
-        if src_job.task != 'image-generation' or src_job.options.codec:
-            raise ConfigError(f"convert takes runs of the pixel DiT presets (task image-generation); {source} is a "
-                              f"{src_job.task} run{' on latents' if src_job.options.codec else ''}")
-        src, _, data_ = runs.load_run(source, device='cpu')
-        split = even_split(sum(src.split), blocks, layers_per_block)
-        if distill and src.num_blocks != 1:
-            raise ConfigError(f"--distill needs an end-to-end source (one block) as its teacher; {source} has "
-                              f"{src.num_blocks} blocks")
-        m = dict(kind='run', task=src_job.task, model=src_job.model, source=str(Path(source).resolve()),
-                 source_job=src_job.to_dict(), shared=shared,
-                 teacher=str((out / 'teacher').resolve()) if distill else None, lora=lora)
-        job = src_job.replace(task='converted', model=m, method=method, blocks=len(split), split=tuple(split),
-                              overlap=src_job.overlap if overlap is None else overlap,
-                              seed=src_job.seed if seed is None else seed,
-                              baseline_iterations=its or src_job.baseline_iterations,
-                              epochs=None if its or src_job.baseline_iterations else src_job.epochs,
-                              block_schedule=block_schedule or src_job.block_schedule)
-        out.mkdir(parents=True, exist_ok=True)
-        if distill:
-            _, ck = find_checkpoint(RunDir(source).checkpoints)
-            shutil.copytree(ck, out / 'teacher')
-        # LoRA after the pretrained weights are in
-        model = regroup(src, build(job.replace(model={**m, 'lora': None}), data_))
-        if lora: _add_lora(model, lora)
-    else:
-        net = load_diffusers(source)
-        cls = type(net).__name__
-        split = even_split(len(layers_of(net)), blocks, layers_per_block)
-        m = dict(kind='diffusers', cls=cls, config=_json_config(net.config), source=str(source), shared=shared,
-                 teacher=str((out / 'source').resolve()) if distill else None, flow=flow, lora=lora)
-        # flow models: the t density's shift, and where it came from
-        if cls != 'DiTTransformer2DModel':
-            sched = scheduler_config_of(source)
-            given = shift if shift is not None else (flow or {}).get('shift')
-            side = (ConvertedOptions().grid if cls == 'FluxTransformer2DModel'
-                    else net.config.sample_size // net.config.patch_size)
-            s, how = scheduler_shift(sched, side * side, given)
-            m.update(flow={**(flow or {}), 'shift': s}, shift_source=how, scheduler=sched)
-            FlowConfig(**m['flow'])                                          # one line on a bad field
-        job = runs.Job(preset='convert', task='converted', model=m, data=data or 'digits', method=method,
-                       blocks=len(split), split=tuple(split),
-                  overlap=0.05 if overlap is None else overlap, baseline_iterations=its or 100, batch_size=32, lr=1e-4,
-                  lr_schedule='constant',
-                  warmup_fraction=0., ema=0., save_every=500, options=dict(n_eval=64, sample_steps=20), seed=seed or 0,
-                  block_schedule=block_schedule or 'uniform')
-        out.mkdir(parents=True, exist_ok=True)
-        if distill: net.save_pretrained(str(out / 'source'))
-        data_ = load_data(job)
-        model = wrap_diffusers(net, split=split, shared=shared, overlap=job.overlap, flow=_flow(m))
-        if distill: _distill(model, teacher_of(job, data_))
-        if lora: _add_lora(model, lora)
-    runs.init_run(job, out, model, len(data_.train), meta={'converted_from': str(source)})
+    stage = None
+    try:
+        if kind == 'run':
+            src_job = runs.read_run(source)
+            if src_job.task != 'image-generation' or src_job.options.codec:
+                raise ConfigError(f"convert takes runs of the pixel DiT presets (task image-generation); {source} is a "
+                                  f"{src_job.task} run{' on latents' if src_job.options.codec else ''}")
+            src, _, data_ = runs.load_run(source, device='cpu')
+            split = even_split(sum(src.split), blocks, layers_per_block)
+            if distill and src.num_blocks != 1:
+                raise ConfigError(f"--distill needs an end-to-end source (one block) as its teacher; {source} has "
+                                  f"{src.num_blocks} blocks")
+            m = dict(kind='run', task=src_job.task, model=src_job.model, source=str(Path(source).resolve()),
+                     source_job=src_job.to_dict(), shared=shared,
+                     teacher=str((out / 'teacher').resolve()) if distill else None, lora=lora)
+            job = src_job.replace(task='converted', model=m, method=method, blocks=len(split), split=tuple(split),
+                                  overlap=src_job.overlap if overlap is None else overlap,
+                                  seed=src_job.seed if seed is None else seed,
+                                  baseline_iterations=its or src_job.baseline_iterations,
+                                  epochs=None if its or src_job.baseline_iterations else src_job.epochs,
+                                  block_schedule=block_schedule or src_job.block_schedule)
+            out.mkdir(parents=True, exist_ok=True)
+            stage = _stage(out) if distill else None
+            if distill:
+                _, ck = find_checkpoint(RunDir(source).checkpoints)
+                shutil.copytree(ck, stage / 'teacher')
+            # LoRA after the pretrained weights are in
+            staged = {'teacher': str(stage / 'teacher')} if distill else {}
+            model = regroup(src, build(job.replace(model={**m, 'lora': None, **staged}), data_))
+            if lora: _add_lora(model, lora)
+        else:
+            net = load_diffusers(source)
+            cls = type(net).__name__
+            split = even_split(len(layers_of(net)), blocks, layers_per_block)
+            m = dict(kind='diffusers', cls=cls, config=_json_config(net.config), source=str(source), shared=shared,
+                     teacher=str((out / 'source').resolve()) if distill else None, flow=flow, lora=lora)
+            # flow models: the t density's shift, and where it came from
+            if cls != 'DiTTransformer2DModel':
+                sched = scheduler_config_of(source)
+                given = shift if shift is not None else (flow or {}).get('shift')
+                side = (ConvertedOptions().grid if cls == 'FluxTransformer2DModel'
+                        else net.config.sample_size // net.config.patch_size)
+                s, how = scheduler_shift(sched, side * side, given)
+                m.update(flow={**(flow or {}), 'shift': s}, shift_source=how, scheduler=sched)
+                FlowConfig(**m['flow'])                                          # one line on a bad field
+            job = runs.Job(preset='convert', task='converted', model=m, data=data or 'digits', method=method,
+                           blocks=len(split), split=tuple(split), overlap=0.05 if overlap is None else overlap,
+                           baseline_iterations=its or 100, batch_size=32, lr=1e-4, lr_schedule='constant',
+                           warmup_fraction=0., ema=0., save_every=500, options=dict(n_eval=64, sample_steps=20),
+                           seed=seed or 0, block_schedule=block_schedule or 'uniform')
+            out.mkdir(parents=True, exist_ok=True)
+            stage = _stage(out) if distill else None
+            if distill: net.save_pretrained(str(stage / 'source'))
+            data_ = load_data(job)
+            model = wrap_diffusers(net, split=split, shared=shared, overlap=job.overlap, flow=_flow(m))
+            if distill: _distill(model, teacher_of(job.replace(model={**m, 'teacher': str(stage / 'source')}), data_))
+            if lora: _add_lora(model, lora)
+        runs.init_run(job, out, model, len(data_.train), meta={'converted_from': str(source)})
+        # the teacher's files join the run once it is written (init_run wants an empty folder)
+        if stage is not None:
+            for p in stage.iterdir(): p.rename(out / p.name)
+    finally:
+        if stage is not None: shutil.rmtree(stage, ignore_errors=True)
     return dict(run_dir=str(out), job=job, split=split, params=sum(p.numel() for p in model.parameters()))
 
-# %% ../../../nbs/36_jobs_convert.ipynb #a89a9a12
+# %% ../../../nbs/36_jobs_convert.ipynb #ecc9c999
 @dataclass(frozen=True)
 class ConvertArgs(Options):
     "The `convert` command's arguments."
@@ -410,7 +429,7 @@ class ConvertArgs(Options):
     POSITIONAL = ('source',); REQUIRED = ('out',)
     ALIASES = {'iterations': 'baseline_iterations', 'schedule': 'block_schedule'}   # older spellings (a note names the new one)
 
-# %% ../../../nbs/36_jobs_convert.ipynb #b3f9687d
+# %% ../../../nbs/36_jobs_convert.ipynb #ba23c68e
 def convert_command(a:ConvertArgs, runs) -> str:
     "`diffusionblocks convert`: convert, then one line (or JSON) naming the run and how to fine-tune it."
     if a.source is None or a.out is None: raise ConfigError('convert needs SOURCE and --out RUN')

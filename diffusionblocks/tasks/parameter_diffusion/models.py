@@ -18,7 +18,7 @@ from ...sampling import sample_euler
 from ...engine import EngineModel, fit
 from fastcore.basics import patch
 
-# %% ../../../nbs/31_pdiff_models.ipynb #3eb4373c
+# %% ../../../nbs/31_pdiff_models.ipynb #0cbba26f
 class ParamAutoencoder(nn.Module):
     "1-D conv autoencoder of parameter vectors (N, D) ↔ latents (N, latent), trained with input and latent noise."
     def __init__(self,
@@ -28,23 +28,25 @@ class ParamAutoencoder(nn.Module):
                  kernel:int=5,               # odd convolution width
                  input_noise:float=0.001,    # σ_v, std of the noise added to the input when training
                  latent_noise:float=0.1,     # σ_z, std of the noise added to the latent when training
-                 bound:bool=True,            # tanh on the latent (v1): codes in [−1, 1]
+                 bound:bool=False,           # tanh on the latent (v1): codes in [−1, 1]; False: the unbounded mean (v3)
+                 norm:bool=True,             # BatchNorm1d after every convolution (v3); False: none (the v1-style hybrid)
                 ):
         super().__init__()
         if not (isinstance(dim, int) and dim >= 1 and isinstance(latent, int) and latent >= 1): raise ConfigError(f"dim and latent must be integers >= 1, got {dim!r}, {latent!r}")
         if not channels or kernel % 2 == 0: raise ConfigError(f"need at least one stage and an odd kernel, got channels={channels!r}, kernel={kernel}")
         if input_noise < 0 or latent_noise < 0: raise ConfigError(f"noise stds must be >= 0, got {input_noise}, {latent_noise}")
-        self.dim, self.latent, self.input_noise, self.latent_noise, self.bound = dim, latent, input_noise, latent_noise, bound
+        self.dim, self.latent, self.input_noise, self.latent_noise, self.bound, self.norm = dim, latent, input_noise, latent_noise, bound, norm
         S, p = len(channels), kernel // 2
         self.padded = -(-dim // 2**S) * 2**S                             # D rounded up to a multiple of 2^S
         self.length = self.padded // 2**S                                # sequence length at the bottleneck
         chans = (1, *channels)
-        self.enc = nn.Sequential(*[m for a, b in zip(chans, chans[1:]) for m in (nn.Conv1d(a, b, kernel, 2, p), nn.LeakyReLU(0.2))])
+        bn = lambda c: nn.BatchNorm1d(c) if norm else nn.Identity()
+        self.enc = nn.Sequential(*[m for a, b in zip(chans, chans[1:]) for m in (nn.Conv1d(a, b, kernel, 2, p), bn(b), nn.LeakyReLU(0.2))])
         self.to_latent = nn.Linear(channels[-1] * self.length, latent)
         self.from_latent = nn.Linear(latent, channels[-1] * self.length)
         rev = chans[::-1]
-        self.dec = nn.Sequential(*[m for a, b in zip(rev, rev[1:-1]) for m in (nn.ConvTranspose1d(a, b, kernel, 2, p, output_padding=1), nn.LeakyReLU(0.2))],
-                                 nn.ConvTranspose1d(rev[-2], rev[-2], kernel, 2, p, output_padding=1), nn.LeakyReLU(0.2),
+        self.dec = nn.Sequential(*[m for a, b in zip(rev, rev[1:-1]) for m in (nn.ConvTranspose1d(a, b, kernel, 2, p, output_padding=1), bn(b), nn.LeakyReLU(0.2))],
+                                 nn.ConvTranspose1d(rev[-2], rev[-2], kernel, 2, p, output_padding=1), bn(rev[-2]), nn.LeakyReLU(0.2),
                                  nn.Conv1d(rev[-2], 1, kernel, 1, p))
     def _check(self, x, n, what):
         if x.ndim != 2 or x.shape[1] != n: raise DataError(f"{what} must have shape (N, {n}), got {tuple(x.shape)}")

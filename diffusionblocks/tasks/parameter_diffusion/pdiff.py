@@ -5,7 +5,8 @@
 # %% auto #0
 __all__ = ['SmallCNN', 'BasicBlock', 'ResNetSmall', 'norm_subset', 'subset_shapes', 'get_subset', 'set_subset', 'Standardizer',
            'train_classifier', 'collect_checkpoints', 'evaluate_params', 'wrong_iou', 'novelty', 'noise_controls',
-           'average_controls', 'gaussian_controls', 'weight_average', 'accuracy_novelty_plot']
+           'average_controls', 'gaussian_controls', 'weight_average', 'matched_noise', 'bootstrap_groups',
+           'accuracy_novelty_plot']
 
 # %% ../../../nbs/30_pdiff.ipynb #e6ec1563
 import copy, math
@@ -16,7 +17,7 @@ from ...train import default_device
 from ...engine import fit
 from fastcore.basics import patch
 
-# %% ../../../nbs/30_pdiff.ipynb #6864c7e4
+# %% ../../../nbs/30_pdiff.ipynb #2a3c75bb
 def _conv_bn(cin, cout, stride=1):
     return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU())
 
@@ -30,7 +31,10 @@ class SmallCNN(nn.Module):
         super().__init__()
         self.stage1, self.stage2, self.stage3 = _conv_bn(in_ch, width), _conv_bn(width, 2 * width, 2), _conv_bn(2 * width, 2 * width)
         self.head = nn.Linear(2 * width, num_classes)
-    def forward(self, x): return self.head(self.stage3(self.stage2(self.stage1(x))).mean((2, 3)))
+    def forward(self, x): return self.tail(self.trunk(x))
+    tail_prefixes = ('stage3.1.', 'head.')   # the tensors `tail` holds: the last BN and the head
+    def trunk(self, x): return self.stage3[0](self.stage2(self.stage1(x)))          # up to the last convolution
+    def tail(self, h): return self.head(self.stage3[2](self.stage3[1](h)).mean((2, 3)))
 
 # %% ../../../nbs/30_pdiff.ipynb #e07ae6a1
 class BasicBlock(nn.Module):
@@ -194,7 +198,7 @@ def train_classifier(model:nn.Module,      # the classifier (trained in place)
     def loss(_): i = next(batches).to(device); return F.cross_entropy(model(x[i]), y[i])
     return fit(model, loss, iterations, lr, weight_decay, device=device)[0]
 
-# %% ../../../nbs/30_pdiff.ipynb #6196782c
+# %% ../../../nbs/30_pdiff.ipynb #3ed1bdb4
 def collect_checkpoints(model:nn.Module,         # the trained classifier (not modified)
                         train,                   # an ImageData or (images, labels): the collection data
                         subset_names:list,       # the tensors to train and save (`norm_subset`)
@@ -205,9 +209,11 @@ def collect_checkpoints(model:nn.Module,         # the trained classifier (not m
                         batch_size:int=64,
                         seed:int=0,              # batch order
                         device=None,
+                        bn_mode:str='train',     # 'train': every BN on batch statistics (p-diff v3); 'eval': frozen statistics
                        ) -> dict:
     "Train only the subset with a large constant lr and save it every `iterations_between` steps: dict(params (K, D) float32 on the CPU, names, shapes)."
     if K < 1 or iterations_between < 1: raise ConfigError(f"K={K} and iterations_between={iterations_between} must be ≥ 1")
+    if bn_mode not in ('train', 'eval'): raise ConfigError(f"bn_mode must be 'train' or 'eval', got {bn_mode!r}")
     device = default_device(device)
     x, y = _arrays(train, device)
     m = copy.deepcopy(model).to(device)
@@ -216,7 +222,7 @@ def collect_checkpoints(model:nn.Module,         # the trained classifier (not m
     for p in m.parameters(): p.requires_grad_(False)
     trainable = [params[n].requires_grad_(True) for n in names if n in params]
     if not trainable: raise ConfigError("the subset holds no trainable parameter")
-    m.eval()
+    m.train(bn_mode == 'train')
     for mn, mod in m.named_modules():      # BN modules whose statistics are generated keep updating them
         if isinstance(mod, nn.modules.batchnorm._BatchNorm) and f"{mn}.running_mean" in names: mod.train()
     opt = torch.optim.AdamW(trainable, lr=lr, weight_decay=weight_decay)
@@ -230,7 +236,7 @@ def collect_checkpoints(model:nn.Module,         # the trained classifier (not m
         out.append(get_subset(m, names).cpu())
     return dict(params=torch.stack(out), names=names, shapes=shapes)
 
-# %% ../../../nbs/30_pdiff.ipynb #1057ab05
+# %% ../../../nbs/30_pdiff.ipynb #7bad8ec9
 @torch.no_grad()
 def evaluate_params(model:nn.Module,     # the frozen classifier (not modified)
                     names:list,          # the subset's tensor names
@@ -239,6 +245,7 @@ def evaluate_params(model:nn.Module,     # the frozen classifier (not modified)
                     labels:torch.Tensor, # (N,) test labels
                     batch_size:int=1000,
                     device=None,
+                    trunk:bool=True,     # reuse the frozen trunk's features when the subset lies in the model's `tail`
                    ) -> dict:            # acc (M,) float32, wrong (M, N) bool, on the CPU
     "Accuracy and wrongly-predicted test set of the frozen model with each vector written into the subset."
     device = default_device(device)
@@ -246,10 +253,15 @@ def evaluate_params(model:nn.Module,     # the frozen classifier (not modified)
     m = copy.deepcopy(model).to(device).eval()
     P = torch.as_tensor(P)
     if P.ndim == 1: P = P[None]
+    chunks = range(0, len(y), batch_size)
+    run = lambda i: m(x[i:i + batch_size])
+    if trunk and getattr(m, 'tail_prefixes', None) and all(n.startswith(m.tail_prefixes) for n in names):
+        feats = [m.trunk(x[i:i + batch_size]) for i in chunks]          # the same for every vector: computed once
+        run = lambda i: m.tail(feats[i // batch_size])
     wrong = torch.zeros(len(P), len(y), dtype=torch.bool)
     for j, v in enumerate(P):
         set_subset(m, names, v.to(device))
-        pred = torch.cat([m(x[i:i + batch_size]).argmax(1) for i in range(0, len(y), batch_size)])
+        pred = torch.cat([run(i).argmax(1) for i in chunks])
         wrong[j] = (pred != y).cpu()
     return dict(acc=1 - wrong.float().mean(1), wrong=wrong)
 
@@ -335,7 +347,67 @@ def weight_average(P_orig:torch.Tensor) -> torch.Tensor:  # (D,)
     "The weight-averaged original: the mean of all K vectors."
     return torch.as_tensor(P_orig).float().mean(0)
 
-# %% ../../../nbs/30_pdiff.ipynb #19ed02bd
+# %% ../../../nbs/30_pdiff.ipynb #54e28650
+def matched_noise(P_orig:torch.Tensor,   # (K, D) raw original vectors
+                  target:float,          # the mean nearest-original IoU to match (the generated models')
+                  novelty_of,            # (M, D) raw vectors -> their mean nearest-original IoU
+                  n:int,                 # controls returned at the matched amplitude
+                  seed:int=0,
+                  space:str='standardized', # as `noise_controls`
+                  standardizer:Standardizer=None,
+                  lo:float=1e-5, hi:float=2.,   # the amplitude bracket (geometric bisection)
+                  probes:int=10,         # bisection steps
+                  n_probe:int=20,        # controls per probe
+                 ) -> tuple:             # (amplitude, its mean IoU at the last probe, (n, D) controls)
+    "The noise amplitude whose controls are as novel as `target`, by geometric bisection, and n controls at it."
+    if not (lo > 0 and hi > lo and probes >= 1 and n_probe >= 1): raise ConfigError(f"need 0 < lo < hi, probes ≥ 1 and n_probe ≥ 1, got lo={lo}, hi={hi}, probes={probes}, n_probe={n_probe}")
+    a, b, iou = math.log(lo), math.log(hi), None
+    for _ in range(probes):
+        m = (a + b) / 2
+        iou = float(novelty_of(noise_controls(P_orig, math.exp(m), n_probe, seed=seed, space=space, standardizer=standardizer)))
+        a, b = (m, b) if iou > target else (a, m)          # still too close to an original: more noise
+    s = math.exp((a + b) / 2)
+    return s, iou, noise_controls(P_orig, s, n, seed=seed, space=space, standardizer=standardizer)
+
+# %% ../../../nbs/30_pdiff.ipynb #16713f64
+def _weighted_iou(a, b, c, exclude_self=False):
+    "Mean over rows of the max weighted IoU; a (M, N), b (K, N) float, c (N,) counts."
+    ac = a * c
+    inter = ac @ b.T
+    union = ac.sum(1)[:, None] + (b * c).sum(1)[None, :] - inter
+    iou = torch.where(union > 0, inter / union.clamp_min(1e-12), torch.ones_like(inter))
+    if exclude_self: iou.fill_diagonal_(-math.inf)
+    return iou.max(1).values.mean()
+
+def bootstrap_groups(groups:dict,            # name -> (M, N) bool wrong sets over the N test images
+                     wrong_orig:torch.Tensor,# (K, N) the originals' wrong sets
+                     n:int=200,              # resamples
+                     seed:int=0,
+                     level:float=0.95,       # central interval
+                     reference:str=None,     # the group differences are taken from (default: the first)
+                     self_group:str='original', # the group that IS the originals (diagonal skipped)
+                    ) -> dict:               # name -> dict(acc, iou, d_acc, d_iou), each (lo, hi)
+    "Percentile intervals of each group's mean accuracy and mean nearest-original IoU, and of their paired differences from `reference`, over resampled test images."
+    if not groups: raise ConfigError("bootstrap_groups needs at least one group")
+    ref = reference or next(iter(groups))
+    if ref not in groups: raise ConfigError(f"reference group {ref!r} is not among {', '.join(groups)}")
+    Wo = torch.as_tensor(wrong_orig).float()
+    W = {k: torch.as_tensor(v).float() for k, v in groups.items()}
+    N = Wo.shape[1]
+    if any(w.shape[1] != N for w in W.values()): raise ConfigError(f"every group's wrong sets must cover the same {N} test images")
+    g = torch.Generator().manual_seed(seed)
+    draws = {k: [] for k in W}
+    for _ in range(n):
+        c = torch.bincount(torch.randint(N, (N,), generator=g), minlength=N).float()
+        for k, w in W.items():
+            draws[k].append(torch.stack([1 - (w * c).sum(1).mean() / N, _weighted_iou(w, Wo, c, k == self_group)]))
+    q = torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64)
+    D = {k: torch.stack(v).double() for k, v in draws.items()}                  # (n, 2): acc, iou
+    iv = lambda t: tuple(torch.quantile(t, q).tolist())
+    return {k: dict(acc=iv(d[:, 0]), iou=iv(d[:, 1]), d_acc=iv(d[:, 0] - D[ref][:, 0]), d_iou=iv(d[:, 1] - D[ref][:, 1]))
+            for k, d in D.items()}
+
+# %% ../../../nbs/30_pdiff.ipynb #c4d61ab3
 def accuracy_novelty_plot(groups:dict,     # name -> (acc (M,), max_iou (M,))
                           path,            # the PNG to write
                           title:str='Accuracy vs novelty',

@@ -6,7 +6,7 @@
 __all__ = ['PDIFF_DENOISERS', 'CLASSIFIERS', 'TASK', 'PDiffOptions', 'checkpoint_set', 'load_data', 'save_checkpoints', 'build',
            'generate_params', 'evaluate', 'sample', 'report']
 
-# %% ../../../nbs/32_jobs_pdiff.ipynb #b0dd2ae4
+# %% ../../../nbs/32_jobs_pdiff.ipynb #83ec7db0
 import json, math, time, hashlib
 from pathlib import Path
 import torch
@@ -19,11 +19,12 @@ from ...checkpoint import atomic_write
 from .pdiff import (SmallCNN, ResNetSmall, norm_subset, subset_shapes,
                                                              get_subset, Standardizer, train_classifier,
                                    collect_checkpoints, evaluate_params, wrong_iou, novelty, noise_controls,
-                                   average_controls,
+                                   average_controls, matched_noise, bootstrap_groups,
                                    gaussian_controls, weight_average, accuracy_novelty_plot)
 from .models import (ParamAutoencoder, train_autoencoder, EpsUNet1d, DDPM,
                                                               ddpm_sample, latent_blocks, edm_sample)
 from dataclasses import dataclass
+from types import SimpleNamespace
 from .. import Task, TaskData, Options, option, register_task, register_preset
 
 # %% ../../../nbs/32_jobs_pdiff.ipynb #0e3ec477
@@ -35,7 +36,7 @@ PDIFF_DENOISERS = {  # the latent generators' sizes: EDM/DiffusionBlocks (latent
 }
 CLASSIFIERS = ('small-cnn', 'resnet-small')
 
-# %% ../../../nbs/32_jobs_pdiff.ipynb #9222f9f5
+# %% ../../../nbs/32_jobs_pdiff.ipynb #60917c02
 @dataclass(frozen=True)
 class PDiffOptions(Options):
     """p-diff's options: the classifier and its checkpoint set, the autoencoder (fixed for a run); the evaluation's
@@ -55,26 +56,45 @@ class PDiffOptions(Options):
     ae_lr:float = option(1e-3, "the autoencoder's learning rate", lo=1e-9, hi=10)
     input_noise:float = option(0.001, "noise added to the autoencoder's input in training", lo=0, hi=10)
     latent_noise:float = option(0.1, "noise added to the autoencoder's latents in training", lo=0, hi=10)
+    ae_bound:bool = option(False, "tanh-bound the autoencoder's latent (v1); False: the unbounded mean (v3, released)")
+    ae_norm:bool = option(True, "BatchNorm after the autoencoder's convolutions (v3, released)")
+    collect_mode:str = option('train', "BatchNorm while the subset is fine-tuned: 'train' (batch statistics, p-diff v3) "
+                              "or 'eval' (frozen statistics)", choices=('train', 'eval'))
+    val_size:int = option(300, 'training images held out (seeded) to select the best original and the best generated '
+                          'model; 0: select both on the training split', lo=0, hi=10**7)
     n_generate:int = option(100, 'generated parameter vectors evaluated', eval=True, lo=1, hi=100_000)
     n_controls:int = option(50, 'vectors per control group', eval=True, lo=1, hi=100_000)
-    noise_amplitudes:tuple[float, ...] = option((0.01, 0.03, 0.06, 0.12), 'amplitudes of the noise controls', eval=True)
+    noise_amplitudes:tuple[float, ...] = option((0.001, 0.05, 0.15), 'amplitudes of the noise controls (p-diff evaluate.py)', eval=True)
+    noise_space:str = option('standardized', "where the noise controls add noise: 'standardized' (per tensor, as p-diff) "
+                             "or 'raw' parameters", eval=True, choices=('standardized', 'raw'))
+    match_novelty:bool = option(True, "add a noise control at the generated models' mean nearest-original IoU", eval=True)
+    bootstrap:int = option(200, 'test-image resamples for the intervals (0: none)', eval=True, lo=0, hi=100_000)
     sample_steps:int = option(50, 'Euler steps of the EDM / DiffusionBlocks generator', eval=True, lo=1, hi=10_000)
     @classmethod
     def legacy(cls, d):
-        "Older runs called the number of checkpoints `K`."
+        """Older runs called the number of checkpoints `K`; a complete options dict from before issue 24 (every
+        older field, none of the new ones) reads as the pipeline it ran: v1-style autoencoder, eval-mode collection,
+        selection on train, raw-space noise."""
         d = dict(d)
         if 'K' in d: d['n_checkpoints'] = d.pop('K')
+        if set(_PRE24) <= set(d) and not set(_NEW24) & set(d): d.update(_NEW24)
         return d
     def cache_key(self) -> dict:
         "The options the checkpoint set depends on."
         return {k: v for k, v in self.to_dict().items() if k not in self.eval_names()}
 
-# %% ../../../nbs/32_jobs_pdiff.ipynb #4d49592a
+# %% ../../../nbs/32_jobs_pdiff.ipynb #851f59e9
+_PRE24 = ('classifier', 'width', 'pretrain_iterations', 'pretrain_lr', 'subset', 'subset_last', 'stats', 'n_checkpoints',
+          'collect_every', 'collect_lr', 'ae_latent', 'ae_iterations', 'ae_lr', 'input_noise', 'latent_noise',
+          'n_generate', 'n_controls', 'noise_amplitudes', 'sample_steps')
+_NEW24 = dict(ae_bound=True, ae_norm=False, collect_mode='eval', val_size=0, noise_space='raw', match_novelty=False,
+              bootstrap=0)   # how a run from before these options existed was made
 _DIGITS = dict(classifier='small-cnn', width=8, pretrain_iterations=300, pretrain_lr=3e-3, subset_last=2, stats=False,
                n_checkpoints=200,
-               collect_every=2, collect_lr=0.05, ae_latent=16, ae_iterations=3000, ae_lr=1e-3, input_noise=0.001,
-               latent_noise=0.1)
-_EVAL = dict(n_generate=100, n_controls=50, noise_amplitudes=[0.01, 0.03, 0.06, 0.12], sample_steps=50)
+               collect_every=1, collect_lr=0.05, ae_latent=16, ae_iterations=3000, ae_lr=1e-3, input_noise=0.001,
+               latent_noise=0.1, ae_bound=False, ae_norm=True, collect_mode='train', val_size=300)
+_EVAL = dict(n_generate=100, n_controls=50, noise_amplitudes=[0.001, 0.05, 0.15], noise_space='standardized',
+             match_novelty=True, bootstrap=200, sample_steps=50)
 register_preset('pdiff-digits', 'parameter-diffusion', 'cpu', 'p-diff on a small CNN for the embedded digits: 200 '
                                                               'checkpoints of its last two BN layers, latent generator '
                                                               'as DiffusionBlocks B=2 (minutes on 2 CPU cores)',
@@ -89,23 +109,39 @@ register_preset('pdiff-cifar10', 'parameter-diffusion', 'gpu', 'p-diff on a smal
                 lr_schedule='cosine',
                 baseline_iterations=20000, warmup_fraction=0.01, grad_clip=1.0, save_every=5000,
                 options=dict(_DIGITS, **_EVAL, classifier='resnet-small', width=32, pretrain_iterations=20000,
-                             pretrain_lr=1e-3, ae_latent=64, ae_iterations=10000) | dict(n_generate=200))
+                             pretrain_lr=1e-3, ae_latent=64, ae_iterations=10000, val_size=5000) | dict(n_generate=200))
+register_preset('pdiff-cifar10-cpu', 'parameter-diffusion', 'cpu', 'p-diff on a small CNN for the CIFAR-10 copy at a '
+                                                                   'CPU budget: 200 checkpoints of its last BN '
+                                                                   'layer, 10,000 test images for the IoU',
+                model='pdiff-small', data='cifar10', blocks=2, overlap=0.05, batch_size=50, lr=1e-3, weight_decay=0.,
+                lr_schedule='cosine',
+                baseline_iterations=2000, warmup_fraction=0.02, grad_clip=1.0, save_every=1000,
+                options=dict(_DIGITS, **_EVAL, width=16, subset_last=1, pretrain_iterations=2000, val_size=5000))
 
-# %% ../../../nbs/32_jobs_pdiff.ipynb #8da20888
+# %% ../../../nbs/32_jobs_pdiff.ipynb #25f979dd
 def _classifier(o, C, K_classes):
     return (SmallCNN if o.classifier == 'small-cnn' else ResNetSmall)(C, K_classes, o.width)
 
 def _key(job) -> str:
     o = dict(sorted(job.options.cache_key().items()))
-    return hashlib.sha256(json.dumps([job.data, o, job.seed, 1], sort_keys=True).encode()).hexdigest()[:16]
+    return hashlib.sha256(json.dumps([job.data, o, job.seed, 2], sort_keys=True).encode()).hexdigest()[:16]
 
-# %% ../../../nbs/32_jobs_pdiff.ipynb #387e500e
+def _holdout(data, n:int, seed:int) -> tuple:
+    "(train, validation) of an image set: n images drawn by a seeded permutation are held out (n = 0: the train set twice)."
+    if n == 0: return data, data
+    if n >= len(data.labels): raise ConfigError(f"val_size={n} leaves no training image (the set has {len(data.labels)})")
+    perm = torch.randperm(len(data.labels), generator=torch.Generator().manual_seed(seed))
+    part = lambda i: SimpleNamespace(images=data.images[i], labels=data.labels[i])
+    return part(perm[n:]), part(perm[:n])
+
+# %% ../../../nbs/32_jobs_pdiff.ipynb #65e9ea93
 def checkpoint_set(job, device=None) -> dict:
     """The classifier, K checkpoints of its subset with accuracies and wrong sets, the standardiser, the autoencoder
     and the latents (cached)."""
     o = job.options
-    tr, te = load_images(job.data, 'train'), load_images(job.data, 'test')
-    C, K_classes = tr.shape[0], tr.num_classes
+    full, te = load_images(job.data, 'train'), load_images(job.data, 'test')
+    C, K_classes = full.shape[0], full.num_classes
+    tr, va = _holdout(full, o.val_size, job.seed)
     torch.manual_seed(job.seed)
     net = _classifier(o, C, K_classes)
     # explicit tensor names, or the last norm layers
@@ -116,7 +152,8 @@ def checkpoint_set(job, device=None) -> dict:
         raise ConfigError(f"subset tensor {bad[0]!r} is not in the {o.classifier} classifier (it has e.g. "
                           f"{', '.join(list(have)[-4:])})")
     shapes = subset_shapes(net, names)
-    ae = lambda D: ParamAutoencoder(D, o.ae_latent, input_noise=o.input_noise, latent_noise=o.latent_noise)
+    ae = lambda D: ParamAutoencoder(D, o.ae_latent, input_noise=o.input_noise, latent_noise=o.latent_noise,
+                                    bound=o.ae_bound, norm=o.ae_norm)
     f = data_dir() / 'pdiff' / f"{job.data.replace('/', '_')}-{_key(job)}.safetensors"
     if f.exists():
         t = load_file(str(f)); meta = json.loads(t.pop('__meta__').numpy().tobytes().decode())
@@ -124,33 +161,33 @@ def checkpoint_set(job, device=None) -> dict:
         a = ae(t['params'].shape[1]); a.load_state_dict({k[3:]: v for k,
                                                          v in t.items() if k.startswith('ae.')}); a.eval()
         return dict(net=net.eval(), names=names, shapes=shapes, params=t['params'], acc=t['acc'],
-                    acc_train=t['acc_train'], wrong=t['wrong'].bool(),
+                    acc_val=t['acc_val'], wrong=t['wrong'].bool(),
                     standardizer=Standardizer.from_state_dict(meta['standardizer']), ae=a, latents=t['latents'],
-                    train=tr, test=te, cached=True)
+                    train=tr, val=va, test=te, cached=True)
     train_classifier(net, tr, o.pretrain_iterations, o.pretrain_lr, seed=job.seed, device=device)
     net = net.cpu().eval()
     col = collect_checkpoints(net, tr, names, o.n_checkpoints, o.collect_every, o.collect_lr, seed=job.seed,
-                              device=device)
+                              device=device, bn_mode=o.collect_mode)
     P = col['params']
-    ev, evt = evaluate_params(net, names, P, te.images, te.labels), evaluate_params(net, names, P, tr.images, tr.labels)
+    ev, evt = evaluate_params(net, names, P, te.images, te.labels), evaluate_params(net, names, P, va.images, va.labels)
     st = Standardizer.fit(P, names, shapes)
     a = train_autoencoder(ae(P.shape[1]), st.encode(P), o.ae_iterations, lr=o.ae_lr, seed=job.seed,
                           device=device).cpu().eval()
     with torch.no_grad(): z = a.encode(st.encode(P))
     t = {**{f'net.{k}': v.contiguous() for k, v in net.state_dict().items()}, **{f'ae.{k}': v.contiguous() for k,
                                                                                  v in a.state_dict().items()},
-         'params': P.contiguous(), 'acc': ev['acc'].float(), 'acc_train': evt['acc'].float(),
+         'params': P.contiguous(), 'acc': ev['acc'].float(), 'acc_val': evt['acc'].float(),
          'wrong': ev['wrong'].to(torch.uint8), 'latents': z.contiguous(),
          '__meta__': torch.frombuffer(bytearray(json.dumps(dict(standardizer=st.state_dict())).encode()),
                                       dtype=torch.uint8)}
     f.parent.mkdir(parents=True, exist_ok=True)
     from safetensors.torch import save
     atomic_write(f, save(t))
-    return dict(net=net, names=names, shapes=shapes, params=P, acc=ev['acc'].float(), acc_train=evt['acc'].float(),
+    return dict(net=net, names=names, shapes=shapes, params=P, acc=ev['acc'].float(), acc_val=evt['acc'].float(),
                 wrong=ev['wrong'], standardizer=st,
-                ae=a, latents=z, train=tr, test=te, cached=False)
+                ae=a, latents=z, train=tr, val=va, test=te, cached=False)
 
-# %% ../../../nbs/32_jobs_pdiff.ipynb #b72080b9
+# %% ../../../nbs/32_jobs_pdiff.ipynb #cc80cbe9
 def load_data(job) -> TaskData:
     "The latents of the job's checkpoint set as the generator's training data; everything else in `extra`."
     cs = checkpoint_set(job)
@@ -159,11 +196,11 @@ def load_data(job) -> TaskData:
 def save_checkpoints(job, data:TaskData, run_dir:Path):
     "Keep the checkpoint set in the run directory: the K vectors, their test / train accuracies and wrong sets."
     e = data.extra
-    save_file(dict(params=e['params'].contiguous(), acc=e['acc'], acc_train=e['acc_train'],
+    save_file(dict(params=e['params'].contiguous(), acc=e['acc'], acc_val=e['acc_val'],
                    wrong=e['wrong'].to(torch.uint8)), str(Path(run_dir) / 'checkpoints.safetensors'),
               metadata=dict(names=json.dumps(e['names']), standardizer=json.dumps(e['standardizer'].state_dict())))
 
-# %% ../../../nbs/32_jobs_pdiff.ipynb #ecbb2c71
+# %% ../../../nbs/32_jobs_pdiff.ipynb #2898b69c
 def build(job, data:TaskData):
     """The latent generator of the job's method: `ddpm` (the paper's), or the EDM denoiser as B DiffusionBlocks
     (`e2e`: B = 1)."""
@@ -185,38 +222,46 @@ def generate_params(model, job, data:TaskData, n:int, seed:int=0, sample_steps:i
     e = data.extra
     return e['standardizer'].decode(e['ae'].decode(z.float().cpu()))
 
-# %% ../../../nbs/32_jobs_pdiff.ipynb #6ad5b491
+# %% ../../../nbs/32_jobs_pdiff.ipynb #0c4356f7
 def _stats(acc): return dict(best=acc.max().item(), mean=acc.mean().item(), median=acc.median().item())
 
-# %% ../../../nbs/32_jobs_pdiff.ipynb #492cbc56
+# %% ../../../nbs/32_jobs_pdiff.ipynb #802ac435
 def evaluate(model, job, data:TaskData, device=None, n_generate:int=None, sample_steps:int=None, **_) -> dict:
     "Accuracies of generated models, originals and controls; their novelty; what `sample` plots."
     e, ev = data.extra, job.options
-    net, names, P, te, tr = e['net'], e['names'], e['params'], e['test'], e['train']
+    net, names, P, te, va = e['net'], e['names'], e['params'], e['test'], e['val']
     n, nc = n_generate or ev.n_generate, ev.n_controls
     t0 = time.perf_counter()
     gen = generate_params(model, job, data, n, job.seed + 1, sample_steps, device)
-    ctrl = {**{f'noise {a:g}': v for a, v in noise_controls(P, list(ev.noise_amplitudes), nc,
-                                                            seed=job.seed + 2).items()},
-            'average of 16': average_controls(P, nc, 16, seed=job.seed + 3),
-            'per-coordinate Gaussian': gaussian_controls(P, nc, seed=job.seed + 4)}
+    space = dict(space=ev.noise_space, standardizer=e['standardizer'])
     res, plot = {}, {}
-    for name, V in {'generated': gen, **ctrl}.items():
+    def add(name, V):
         r = evaluate_params(net, names, V, te.images, te.labels)
         nv = novelty(V, P, r['wrong'], e['wrong'])
-        res[name] = dict(acc=r['acc'], iou=nv['max_iou'], l2=nv['min_l2'])
+        res[name] = dict(acc=r['acc'], iou=nv['max_iou'], l2=nv['min_l2'], wrong=r['wrong'])
         plot[name] = (r['acc'], nv['max_iou'])
+    add('generated', gen)
+    for a, V in noise_controls(P, list(ev.noise_amplitudes), nc, seed=job.seed + 2, **space).items(): add(f'noise {a:g}', V)
+    matched = None
+    if ev.match_novelty:
+        iou_of = lambda V: novelty(wrong_gen=evaluate_params(net, names, V, te.images, te.labels)['wrong'],
+                                   wrong_orig=e['wrong'])['max_iou'].mean()
+        matched = matched_noise(P, res['generated']['iou'].mean().item(), iou_of, nc, seed=job.seed + 5, n_probe=nc, **space)
+        add('noise matched', matched[2])
+    add('average of 16', average_controls(P, nc, 16, seed=job.seed + 3))
+    add('per-coordinate Gaussian', gaussian_controls(P, nc, seed=job.seed + 4))
     oo = novelty(P, P, e['wrong'], e['wrong'], exclude_self=True)
     # generated drawn last, on top
     plot = {'original': (e['acc'], oo['max_iou']), **{k: v for k, v in plot.items() if k != 'generated'},
             'generated': plot['generated']}
-    acc_gen_train = evaluate_params(net, names, gen, tr.images, tr.labels)['acc']
+    acc_gen_val = evaluate_params(net, names, gen, va.images, va.labels)['acc']
     wa = evaluate_params(net, names, weight_average(P)[None], te.images, te.labels)['acc'].item()
     g, o = _stats(res['generated']['acc']), _stats(e['acc'])
-    m = dict(acc_generated_best=res['generated']['acc'][acc_gen_train.argmax()].item(),
+    m = dict(acc_generated_best=res['generated']['acc'][acc_gen_val.argmax()].item(),
              acc_generated_best_test=g['best'], acc_generated_mean=g['mean'],
-             acc_generated_median=g['median'], acc_original_best=o['best'], acc_original_mean=o['mean'],
-             acc_original_median=o['median'],
+             acc_generated_median=g['median'], acc_original_best=e['acc'][e['acc_val'].argmax()].item(),
+             acc_original_best_test=o['best'], acc_original_mean=o['mean'], acc_original_median=o['median'],
+             selection=f'validation ({ev.val_size} held-out training images)' if ev.val_size else 'training set',
              acc_weight_average=wa, novelty_iou_generated=res['generated']['iou'].mean().item(),
              novelty_l2_generated=res['generated']['l2'].mean().item(),
              iou_original_original=oo['max_iou'].mean().item(), l2_original_original=oo['min_l2'].mean().item(),
@@ -230,10 +275,17 @@ def evaluate(model, job, data:TaskData, device=None, n_generate:int=None, sample
         m[f'novelty_l2_{slug}'] = r['l2'].mean().item()
     amps = [k for k in res if k.startswith('noise ')]
     m['novelty_iou_noise'] = {k[6:]: res[k]['iou'].mean().item() for k in amps}
+    m['noise_space'] = ev.noise_space
+    if matched is not None: m['noise_matched_amplitude'], m['noise_matched_probe_iou'] = matched[0], matched[1]
+    if ev.bootstrap:   # test-image resamples: intervals of every group and of its difference from the generated models
+        m['intervals'] = bootstrap_groups({'generated': res['generated']['wrong'], 'original': e['wrong'],
+                                           **{k: r['wrong'] for k, r in res.items() if k != 'generated'}},
+                                          e['wrong'], n=ev.bootstrap, seed=job.seed + 6)
+    m['eval_seconds'] = round(time.perf_counter() - t0, 2)
     data.extra['plot_groups'] = plot
     return m
 
-# %% ../../../nbs/32_jobs_pdiff.ipynb #da3ca070
+# %% ../../../nbs/32_jobs_pdiff.ipynb #6809d08d
 def sample(model, job, data:TaskData, path, n:int=None, seed:int=0, device=None, **_) -> Path:
     "The accuracy-against-novelty plot of generated models, originals and controls (PNG)."
     if 'plot_groups' not in data.extra: evaluate(model, job, data, device, n_generate=n)
@@ -243,7 +295,7 @@ def sample(model, job, data:TaskData, path, n:int=None, seed:int=0, device=None,
 
 def report(m:dict) -> str:
     if 'acc_generated_mean' not in m: return f"{m['method']}: {m['iterations']} iterations (not evaluated)"
-    return (f"{m['method']} B={m['blocks']}: generated best (on train) {m['acc_generated_best']:.4f}, mean "
+    return (f"{m['method']} B={m['blocks']}: generated best (selected on {m.get('selection', 'train')}) {m['acc_generated_best']:.4f}, mean "
             f"{m['acc_generated_mean']:.4f}; original best "
             f"{m['acc_original_best']:.4f}, mean {m['acc_original_mean']:.4f}, weight average "
             f"{m['acc_weight_average']:.4f}; novelty IoU generated "
