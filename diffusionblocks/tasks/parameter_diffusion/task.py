@@ -83,7 +83,7 @@ class PDiffOptions(Options):
         "The options the checkpoint set depends on."
         return {k: v for k, v in self.to_dict().items() if k not in self.eval_names()}
 
-# %% ../../../nbs/32_jobs_pdiff.ipynb #851f59e9
+# %% ../../../nbs/32_jobs_pdiff.ipynb #b91be71e
 _PRE24 = ('classifier', 'width', 'pretrain_iterations', 'pretrain_lr', 'subset', 'subset_last', 'stats', 'n_checkpoints',
           'collect_every', 'collect_lr', 'ae_latent', 'ae_iterations', 'ae_lr', 'input_noise', 'latent_noise',
           'n_generate', 'n_controls', 'noise_amplitudes', 'sample_steps')
@@ -95,28 +95,24 @@ _DIGITS = dict(classifier='small-cnn', width=8, pretrain_iterations=300, pretrai
                latent_noise=0.1, ae_bound=False, ae_norm=True, collect_mode='train', val_size=300)
 _EVAL = dict(n_generate=100, n_controls=50, noise_amplitudes=[0.001, 0.05, 0.15], noise_space='standardized',
              match_novelty=True, bootstrap=200, sample_steps=50)
+_GEN = dict(blocks=2, overlap=0.05, batch_size=50, weight_decay=0., lr_schedule='cosine', grad_clip=1.0)   # the latent generator's run
 register_preset('pdiff-digits', 'parameter-diffusion', 'cpu', 'p-diff on a small CNN for the embedded digits: 200 '
                                                               'checkpoints of its last two BN layers, latent generator '
                                                               'as DiffusionBlocks B=2 (minutes on 2 CPU cores)',
-                model='pdiff-small', data='digits', blocks=2, overlap=0.05, batch_size=50, lr=1e-3, weight_decay=0.,
-                lr_schedule='cosine',
-                baseline_iterations=2000, warmup_fraction=0.02, grad_clip=1.0, save_every=1000,
-                options=dict(_DIGITS, **_EVAL))
+                model='pdiff-small', data='digits', lr=1e-3, baseline_iterations=2000, warmup_fraction=0.02,
+                save_every=1000, options=dict(_DIGITS, **_EVAL), **_GEN)
 register_preset('pdiff-cifar10', 'parameter-diffusion', 'gpu', 'p-diff on a small ResNet for CIFAR-10: 200 checkpoints '
                                                                'of its last two BN layers, latent generator as '
                                                                'DiffusionBlocks B=2',
-                model='pdiff-base', data='cifar10', blocks=2, overlap=0.05, batch_size=50, lr=1e-4, weight_decay=0.,
-                lr_schedule='cosine',
-                baseline_iterations=20000, warmup_fraction=0.01, grad_clip=1.0, save_every=5000,
-                options=dict(_DIGITS, **_EVAL, classifier='resnet-small', width=32, pretrain_iterations=20000,
+                model='pdiff-base', data='cifar10', lr=1e-4, baseline_iterations=20000, warmup_fraction=0.01,
+                save_every=5000, **_GEN, options=dict(_DIGITS, **_EVAL, classifier='resnet-small', width=32, pretrain_iterations=20000,
                              pretrain_lr=1e-3, ae_latent=64, ae_iterations=10000, val_size=5000) | dict(n_generate=200))
 register_preset('pdiff-cifar10-cpu', 'parameter-diffusion', 'cpu', 'p-diff on a small CNN for the CIFAR-10 copy at a '
                                                                    'CPU budget: 200 checkpoints of its last BN '
                                                                    'layer, 10,000 test images for the IoU',
-                model='pdiff-small', data='cifar10', blocks=2, overlap=0.05, batch_size=50, lr=1e-3, weight_decay=0.,
-                lr_schedule='cosine',
-                baseline_iterations=2000, warmup_fraction=0.02, grad_clip=1.0, save_every=1000,
-                options=dict(_DIGITS, **_EVAL, width=16, subset_last=1, pretrain_iterations=2000, val_size=5000))
+                model='pdiff-small', data='cifar10', lr=1e-3, baseline_iterations=2000, warmup_fraction=0.02,
+                save_every=1000, options=dict(_DIGITS, **_EVAL, width=16, subset_last=1, pretrain_iterations=2000,
+                                              val_size=5000), **_GEN)
 
 # %% ../../../nbs/32_jobs_pdiff.ipynb #25f979dd
 def _classifier(o, C, K_classes):
