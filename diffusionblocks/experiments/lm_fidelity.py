@@ -89,7 +89,7 @@ def at_entropy(curve:dict, H:float, key:str='gen_ppl_local'):
         if h0 <= H <= h1: return math.exp(p0 + (H - h0) / (h1 - h0) * (p1 - p0)) if h1 > h0 else math.exp(p0)
     return None
 
-# %% ../../nbs/27b_lm_fidelity.ipynb #04ea46f9
+# %% ../../nbs/27b_lm_fidelity.ipynb #eefd83ee
 def _sp(v): return rp._spread([x for x in v if x is not None]) if any(x is not None for x in v) else None
 def _pm(s, d=2) -> str: return f"{s['mean']:.{d}f} ± {s['std']:.{d}f}" if s else 'n/a'
 
@@ -146,9 +146,9 @@ def summarise(rows:dict) -> dict:
     if all(vt.values()): out['vit'] = {a: _sp([100 * r['metrics']['accuracy'] for r in d.values()]) for a, d in vt.items()}
     return out
 
-def language_headline(path='results/lm_fidelity.json') -> str:
-    "The README's language bullet, from the results file."
-    S = json.loads(Path(path).read_text())['summary']
+def language_headline(results='results/lm_fidelity.json') -> str:
+    "The README's language bullet, from the results file (a path, or its loaded dict)."
+    S = (results if isinstance(results, dict) else json.loads(Path(results).read_text()))['summary']
     e, b, i, m = S['ar-e2e'], S['ar-B4'], S.get('ar-B4info'), S['md4']
     t = (f"* **Language models** (TinyShakespeare characters, CPU, 3,000 baseline iterations, 3 seeds, gen-PPL with the "
          f"prompt under a local reference, `27b_lm_fidelity`): the AR baseline's top-p 0.95 gen-PPL is {_pm(e['gen_ppl_top_p_0.95'])}; "
