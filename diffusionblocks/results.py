@@ -49,18 +49,19 @@ def load_results(path) -> dict:
     if missing: raise ConfigError(f"results file {p} lacks provenance {', '.join(missing)}: write it with results.stamp")
     return d
 
-# %% ../nbs/33a_results.ipynb #3b13b7aa
+# %% ../nbs/33a_results.ipynb #6f7d8f2c
 _BLOCK = re.compile(r'(<!-- results: ([A-Za-z0-9_-]+) -->\n)(.*?)(\n?<!-- /results -->)', re.S)
 
 def render_headline(name:str,        # a key of `registry`
-                    registry:dict,   # name -> (results file relative to `root`, fn(results dict) -> markdown bullet)
+                    registry:dict,   # name -> (results file(s) relative to `root`, fn(one results dict per file) -> markdown bullet)
                     root,            # the folder results paths are relative to (nbs/)
                     width:int=116,   # wrap the bullet to this many columns
                    ) -> str:
     "One headline rendered from its (checked) results file, wrapped as a markdown bullet."
     if name not in registry: raise ConfigError(f"no headline {name!r}; headlines: {', '.join(registry) or 'none'}")
-    path, fn = registry[name]
-    text = ' '.join(fn(load_results(Path(root) / path)).split())
+    paths, fn = registry[name]
+    paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
+    text = ' '.join(fn(*[load_results(Path(root) / p) for p in paths]).split())
     return textwrap.fill(text, width, subsequent_indent='  ', break_long_words=False, break_on_hyphens=False)
 
 def sync_blocks(markdown:str, registry:dict, root) -> str:
