@@ -374,6 +374,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                                                         'diffusionblocks/experiments/headlines.py'),
                                                        'diffusionblocks.experiments.headlines.lm_memory_headline': ( 'headlines.html#lm_memory_headline',
                                                                                                                      'diffusionblocks/experiments/headlines.py'),
+                                                       'diffusionblocks.experiments.headlines.main_job_headline': ( 'headlines.html#main_job_headline',
+                                                                                                                    'diffusionblocks/experiments/headlines.py'),
                                                        'diffusionblocks.experiments.headlines.pdiff_headline': ( 'headlines.html#pdiff_headline',
                                                                                                                  'diffusionblocks/experiments/headlines.py')},
             'diffusionblocks.experiments.lm_fidelity': { 'diffusionblocks.experiments.lm_fidelity._ev': ( 'lm_fidelity.html#_ev',
