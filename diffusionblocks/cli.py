@@ -375,11 +375,11 @@ def _run_command(a, name:str, cmd):
          for k, v in d.items()}
     print(cmd.run(cmd.args.from_dict(d, f'{name} command'), runs))
 
-# %% ../nbs/23_cli.ipynb #c6422510
+# %% ../nbs/23_cli.ipynb #8079ab84
 def register_reproduce(sub):
     p = sub.add_parser('reproduce', help="run a paper table's arms and write paper vs ours (table.json, table.md, "
                                          "table.png)")
-    p.add_argument('table', help="the paper's table (1, 2, 6, 7, 10, ...)")
+    p.add_argument('table', help="the paper's table (1, 2, …, 11, pdiff), or all: every table and one summary")
     p.add_argument('--scale', default='cpu', help="cpu | gpu-short | paper (default cpu: minutes on 2 CPU cores)")
     p.add_argument('--seeds', default='1', help='seeds per arm (default 1)')
     p.add_argument('--out', help='output folder (default runs/reproduce-<table>-<scale>)')
@@ -390,11 +390,15 @@ def register_reproduce(sub):
                    help="every arm's baseline budget in optimizer steps (a quick check; default the scale's)")
     p.add_argument('--iterations', help=argparse.SUPPRESS)                                   # deprecated alias
     p.add_argument('--processes', default='1', help='fresh arms run as this many processes at a time (default 1)')
+    p.add_argument('--tables', help='with all: only these tables, comma-separated (e.g. 1,6,pdiff)')
+    p.add_argument('--collect', action='store_true',
+                   help='with all: write the summary from the finished arms, training nothing')
     p.set_defaults(run=run_reproduce)
 
 def run_reproduce(a):
     its = deprecated(a, 'iterations', 'baseline_iterations', 'reproduce')
-    print(_reproduce.run_command(a.table, a.scale, a.seeds, a.out, a.device, a.arm, its, a.processes))
+    print(_reproduce.run_command(a.table, a.scale, a.seeds, a.out, a.device, a.arm, its, a.processes, a.tables,
+                                 a.collect))
 
 # %% ../nbs/23_cli.ipynb #eef41738
 def register_bench(sub):

@@ -3,7 +3,8 @@ import json, math, argparse
 from pathlib import Path
 import pytest
 from diffusionblocks.errors import ConfigError
-from diffusionblocks.jobs.reproduce import TABLES, TABLE_SCALES, table_arms, write_table, reproduce, get_table
+from diffusionblocks.jobs.reproduce import TABLES, TABLE_SCALES, table_arms, write_table, reproduce, get_table, reproduce_all, table_keys
+from diffusionblocks.results import load_results
 from diffusionblocks.cli import main
 from diffusionblocks.experiments.vit_gap import gap_job, GAP_ARMS, GAP_CHAIN
 
@@ -55,6 +56,39 @@ def test_missing_arms_leave_ours_empty(tmp_path):
     res = write_table(get_table('6'), 'cpu', 1, tmp_path, table_arms('6', 'cpu'), 'cmd')
     assert all(r['ours'] is None and r['delta_ours'] is None for r in res['rows'])
     assert [r['arm'] for r in res['rows']].count(None) == 2            # NoProp-CT and -FM are not in the library
+
+
+def test_summary_from_recorded_metrics(tmp_path):
+    "`reproduce all --collect` on hand-written metrics: paired deltas, the interval, sign agreement, provenance."
+    out = tmp_path / 'all'
+    for seed, (e2e, db) in enumerate([(10., 8.), (12., 9.), (11., 9.5)]):          # lower FID: DiffusionBlocks better, like the paper
+        _fake_run(out / '2' / f'e2e-s{seed}', dict(fid_local=e2e, hardware='cpu test', train_seconds=5.))
+        _fake_run(out / '2' / f'dblocks-s{seed}', dict(fid_local=db, hardware='cpu test', train_seconds=7.))
+    for seed, (o, g) in enumerate([(0.90, 0.80), (0.91, 0.95)]):                    # p-diff: one row from two metrics of one arm
+        _fake_run(out / 'pdiff' / f'ddpm-s{seed}', dict(acc_original_best=o, acc_generated_best=g, hardware='cpu test'))
+    sm = reproduce_all(seeds=3, out=out, collect=True)
+    assert sorted(sm['tables']) == ['2', 'pdiff'] and sm['errors'] == {}
+    d = next(r for r in sm['rows'] if r['table'] == '2')
+    assert d['delta_ours'] == pytest.approx(-6.5 / 3) and d['n'] == 3 and d['sign_agrees'] is True
+    assert d['distinguishable'] is True and d['delta_ours_ci95'][1] < 0                  # paired: −2 −3 −1.5
+    assert d['rel_paper'] > 0 and d['rel_ours'] > 0                                    # + = better than the reference
+    p = next(r for r in sm['rows'] if r['label'].startswith('p-diff'))
+    assert p['delta_ours'] == pytest.approx(100 * (-0.10 + 0.04) / 2) and p['n'] == 2 and p['distinguishable'] is False
+    assert sm['tables']['2']['train_seconds'] == 36. and sm['tables']['2']['finished'] == 6
+    assert sm['counts']['sign_agrees'] >= 1
+    assert load_results(out / 'summary.json')['provenance']['seeds'] == [0, 1, 2]
+    assert (out / 'summary.png').stat().st_size > 1000 and '| 2 | + DiffusionBlocks (B = 3) |' in (out / 'summary.md').read_text()
+
+
+def test_reproduce_all_refusals_change_nothing(tmp_path, capsys):
+    assert table_keys()[:3] == ['1', '2', '3'] and table_keys()[-1] == 'pdiff'
+    for argv, msg in ((['--tables', '1,x'], "--tables names no table 'x'"), (['--seeds', '0'], '--seeds must be in'),
+                      (['--arm', 'e2e'], '--arm names an arm of one table'), (['--scale', 'tpu'], '--scale must be one of')):
+        assert main(['reproduce', 'all', '--out', str(tmp_path / 'o'), *argv]) == 2
+        err = capsys.readouterr().err
+        assert msg in err and err.count('\n') == 1, err
+    assert main(['reproduce', '1', '--collect']) == 2 and '--collect applies to `reproduce all`' in capsys.readouterr().err
+    assert not (tmp_path / 'o').exists()
 
 
 @pytest.mark.parametrize('argv, msg', [(['reproduce', '9'], "no table '9'"), (['reproduce', '1', '--scale', 'tpu'], '--scale must be one of'),

@@ -214,7 +214,7 @@ def preset_rows() -> list:
     load_tasks()
     return [p.row() for p in PRESETS.values()]
 
-# %% ../../nbs/09b_tasks.ipynb #5baa5d65
+# %% ../../nbs/09b_tasks.ipynb #2e9edc30
 TABLE_SCALES = ('cpu', 'gpu-short', 'paper')   # a reproduce run's scale: CPU presets, a short GPU budget, the paper's setting
 
 @dataclass(frozen=True)
@@ -223,6 +223,7 @@ class Row:
     label:str
     arm:str=None
     paper:float=None
+    metric:str=None           # this row's metrics.json key (default: the table's; two rows may read one arm)
 
 @dataclass(frozen=True)
 class Table:

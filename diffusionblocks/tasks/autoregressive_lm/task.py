@@ -159,7 +159,20 @@ register_table('4', 'Autoregressive LM on LM1B (Sec. 5.4)', [('AR', 'e2e', 38.87
                              'baseline top-p 0.95, DiffusionBlocks greedy with B calls per token',
                       'gpu-short': 'ar-lm1b, 2,000 baseline iterations', 'paper': 'ar-lm1b preset as it is'})
 
-# %% ../../../nbs/27_jobs_lm.ipynb #a6b7f14f
+# %% ../../../nbs/27_jobs_lm.ipynb #7a8f4db9
+def _t11_arms(scale:str) -> dict:
+    "{arm: job spec} of Table 11 (B ∈ {2, 3, 4, 6} at γ = 0) at a scale."
+    base = _ar_arms(scale)['dblocks']
+    return {f'B{B}': dict(base, blocks=B, overlap=0.) for B in (2, 3, 4, 6)}
+
+register_table('11', 'Number of blocks B at γ = 0, AR LM on LM1B (App. F.3)',
+               [('B = 2', 'B2', 0.61), ('B = 3', 'B3', 0.65), ('B = 4', 'B4', 0.67), ('B = 6', 'B6', 0.62)],
+               'mauve_local', _t11_arms, 'B = 4', unit='MAUVE', factor=1.,
+               paper_metric='MAUVE (c = 2), LM1B, 10 epochs (ours: MAUVE of the local features at cpu scale)',
+               notes={'cpu': "Table 4's cpu arm at γ = 0 with B = 2, 3, 4, 6", 'gpu-short': 'ar-lm1b, 2,000 baseline iterations',
+                      'paper': 'ar-lm1b, γ = 0'})
+
+# %% ../../../nbs/27_jobs_lm.ipynb #0a756223
 @torch.no_grad()
 def test_windows(data:TaskData, n:int, seed:int=0) -> torch.Tensor:
     "n test windows (N, T) drawn with a fixed seed."
