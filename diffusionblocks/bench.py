@@ -7,7 +7,7 @@ __all__ = ['LiveTensorBytes', 'live_tensors', 'bench_models', 'measure', 'run_sp
            'bench_sample', 'plot_rows', 'check_args', 'run_command', 'bench_threads', 'thread_table', 'bench_residency',
            'bench_scaling', 'scaling_table', 'plot_scaling']
 
-# %% ../nbs/13_bench.ipynb #e8a06a77
+# %% ../nbs/13_bench.ipynb #bec9a31c
 import os, sys, gc, json, math, time, resource, subprocess, tempfile, dataclasses
 from pathlib import Path
 import torch
@@ -18,6 +18,7 @@ from safetensors.torch import save_file, load_file
 from .errors import ConfigError
 from .tasks import load_tasks, PRESETS
 from .train import Trainer, TrainConfig, OffloadStore
+from .results import stamp
 
 # %% ../nbs/13_bench.ipynb #bc709522
 class LiveTensorBytes(TorchDispatchMode):
@@ -214,7 +215,7 @@ def check_args(a):
     if a.what != 'sample' and a.timed_steps < 1: raise ConfigError(f"--timed-steps must be >= 1, got {a.timed_steps}")
     _writable_dir(a.out)
 
-# %% ../nbs/13_bench.ipynb #6701dac2
+# %% ../nbs/13_bench.ipynb #c3bd3e15
 def _run_bench(a):
     check_args(a)
     if a.what == 'sample': rows = bench_sample(a.model, a.blocks, a.device, a.batch_size, a.sample_steps)
@@ -224,14 +225,18 @@ def _run_bench(a):
     out = dict(benchmark=a.what, device=a.device if a.device != 'cuda' else torch.cuda.get_device_name(), model=a.model,
                batch_size=a.batch_size, **steps, rows=rows)
     stem = Path(a.out) / f"bench-{a.what}-{a.model}-{a.device}"
-    stem.with_suffix('.json').write_text(json.dumps(out, indent=1))
+    cmd = (f"diffusionblocks bench {a.what} --model {a.model} --device {a.device} --batch-size {a.batch_size} --blocks "
+           f"{' '.join(map(str, a.blocks))} " + (f"--sample-steps {a.sample_steps}" if a.what == 'sample' else
+                                                 f"--timed-steps {a.timed_steps}") + (' --checkpointing' if a.checkpointing else ''))
+    out = json.loads(stamp(stem.with_suffix('.json'), out, command=cmd, seeds=[0],
+                           hardware=None if a.device == 'cpu' else out['device']).read_text())
     if a.what != 'sample': plot_rows(rows, stem.with_suffix('.png'), f"{a.model}, {out['device']}, batch {a.batch_size}")
     if a.json: print(json.dumps(out))
     else:
         for r in rows: print({k: r.get(k) for k in ('mode', 'blocks', 'residency', 'schedule', 'checkpointing', 'peak_bytes', 'analytic_bytes', 'step_seconds', 'speedup') if k in r})
         print(f"wrote {stem.with_suffix('.json')}" + ('' if a.what == 'sample' else f" and {stem.with_suffix('.png')}"))
 
-# %% ../nbs/13_bench.ipynb #7461f2bf
+# %% ../nbs/13_bench.ipynb #ad665057
 def _run_scaling(a):
     if any(k < 1 for k in a.procs): raise ConfigError(f"--procs must be >= 1, got {a.procs}")
     if len(a.blocks) != 1 or a.blocks[0] < 1: raise ConfigError(f"bench scaling takes one --blocks B, got {a.blocks}")
@@ -242,7 +247,9 @@ def _run_scaling(a):
     rows = bench_scaling(a.procs, a.config, a.blocks[0], a.iterations, a.device)
     out = dict(benchmark='scaling', device=a.device, config=a.config, cores=os.cpu_count(), rows=rows)
     stem = Path(a.out) / f"bench-scaling-{a.config}-{a.device}"
-    stem.with_suffix('.json').write_text(json.dumps(out, indent=1)); plot_scaling(rows, stem.with_suffix('.png'), f"{a.config}, B = {a.blocks[0]}, {a.device}")
+    stamp(stem.with_suffix('.json'), out, seeds=[0], command=f"diffusionblocks bench scaling --config {a.config} --procs "
+          f"{' '.join(map(str, a.procs))} --blocks {a.blocks[0]} --baseline-iterations {a.iterations} --device {a.device}")
+    plot_scaling(rows, stem.with_suffix('.png'), f"{a.config}, B = {a.blocks[0]}, {a.device}")
     print(json.dumps(out) if a.json else scaling_table(rows) + f"\nwrote {stem.with_suffix('.json')} and {stem.with_suffix('.png')}")
 
 # %% ../nbs/13_bench.ipynb #e469ab88

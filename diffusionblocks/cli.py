@@ -9,7 +9,7 @@ __all__ = ['finite', 'CliError', 'number', 'build_parser', 'one_line_warning', '
            'register_reproduce', 'run_reproduce', 'register_bench', 'run_bench', 'register_presets', 'run_presets',
            'register_merge', 'run_merge', 'register_partition', 'run_partition']
 
-# %% ../nbs/23_cli.ipynb #16b42116
+# %% ../nbs/23_cli.ipynb #e45672b0
 import sys, json, math, argparse, warnings
 from pathlib import Path
 from .errors import DiffusionBlocksError, ConfigError
@@ -23,7 +23,7 @@ from .jobs.core import (make_job, run_job, resume_run, load_run, evaluate_run, r
 from .tasks import TASKS, Options
 from .parallel import merge_runs
 from .jobs import reproduce as _reproduce
-from . import bench
+from . import bench, plan
 
 # %% ../nbs/23_cli.ipynb #28e11d28
 class CliError(ConfigError): "A bad command-line value."
@@ -400,10 +400,11 @@ def run_reproduce(a):
     print(_reproduce.run_command(a.table, a.scale, a.seeds, a.out, a.device, a.arm, its, a.processes, a.tables,
                                  a.collect))
 
-# %% ../nbs/23_cli.ipynb #eef41738
+# %% ../nbs/23_cli.ipynb #aac3f748
 def register_bench(sub):
-    p = sub.add_parser('bench', help='memory, training-speed, sampling-speed and scaling benchmarks (JSON + plot)')
-    p.add_argument('what', choices=['memory', 'speed', 'sample', 'scaling'])
+    p = sub.add_parser('bench', help='memory, training-speed, sampling-speed and scaling benchmarks (JSON + plot); '
+                                     'plan: will a model train at B blocks in this much memory')
+    p.add_argument('what', choices=['memory', 'speed', 'sample', 'scaling', 'plan'])
     p.add_argument('--procs', type=number(int, 1, 1024), nargs='+', default=[1, 2],
                    help='scaling: numbers of torchrun ranks K to time')
     p.add_argument('--config', default='digits', help='scaling: preset of the block-wise job')
@@ -411,9 +412,10 @@ def register_bench(sub):
                    help="scaling: the job's baseline budget")
     p.add_argument('--iterations', dest='iterations', type=number(int, 1, 10**7),
                    help=argparse.SUPPRESS)   # the older spelling
-    p.add_argument('--model', default='dit-s2',
-                   help="a benchmark model of a task, e.g. dit-s2 (the 12-layer DiT-S/2 at 32x32 reference), dit-tiny, "
-                        "mdm-small, ar-small, ar-small-plain")
+    p.add_argument('--model', default=None,
+                   help="a benchmark model of a task, e.g. dit-s2 (the default: the 12-layer DiT-S/2 at 32x32 reference), "
+                        "dit-tiny, mdm-small, ar-small, ar-small-plain; plan: sd3-medium, sd3-flagship, sd3.5-large, "
+                        "flux-dev, dit-xl2")
     p.add_argument('--blocks', type=number(int, 1, 1024), nargs='+', default=None,
                    help='values of B (each divides the depth; default 1 2 3 4 6); scaling: one B (default 2)')
     p.add_argument('--device', default=None, choices=['cpu', 'cuda'], help='default: cuda when available')
@@ -425,18 +427,26 @@ def register_bench(sub):
                    help='Euler steps of `bench sample` (default 50)')
     p.add_argument('--steps', type=int, default=None, help=argparse.SUPPRESS)    # deprecated alias of the two above
     p.add_argument('--checkpointing', action='store_true', help='also measure with activation checkpointing')
+    p.add_argument('--memory', help='plan: the memory available, e.g. 16GB (a card) or 24GiB')
+    p.add_argument('--residency', choices=['all', 'active', 'mapped'], help='plan: where inactive blocks live (default active)')
+    p.add_argument('--optimizer', default='adamw', choices=['adamw', 'adam', 'sgd', 'sgd-momentum', 'lion'], help='plan: the optimizer')
+    p.add_argument('--precision', choices=['fp32', 'bf16'], help='plan: bf16 autocast (CUDA default) or fp32 (the CPU)')
+    p.add_argument('--tokens', type=number(int, 1, 10**7), help="plan: image + text tokens per sample (default: the model's)")
+    p.add_argument('--lora-rank', type=number(int, 1, 65536), help='plan: train per-block LoRA adapters of this rank instead')
     p.add_argument('--out', default='runs/bench'); p.add_argument('--json', action='store_true',
                    help='print one JSON object')
     p.set_defaults(run=run_bench)
 
-# %% ../nbs/23_cli.ipynb #daf307bb
+# %% ../nbs/23_cli.ipynb #e80d8131
 def run_bench(a):
+    if a.what == 'plan': return plan.run_command(a)     # a target machine, not this one: nothing is allocated
+    if a.model is None: a.model = 'dit-s2'
     if a.device is None:
         import torch
         a.device = 'cuda' if torch.cuda.is_available() else 'cpu'
     return bench.run_command(a)
 
-# %% ../nbs/23_cli.ipynb #87eea7e3
+# %% ../nbs/23_cli.ipynb #23556192
 def register_presets(sub):
     p = sub.add_parser('presets', help='list the presets: name, task, scale, description')
     p.add_argument('--json', action='store_true', help='one JSON list of objects with name, task, scale, description')
@@ -448,7 +458,7 @@ def run_presets(a):
     w = max(len(r['name']) for r in rows); t = max(len(r['task']) for r in rows)
     for r in rows: print(f"{r['name']:<{w}}  {r['task']:<{t}}  {r['scale']:<3}  {r['description']}")
 
-# %% ../nbs/23_cli.ipynb #ec2ca145
+# %% ../nbs/23_cli.ipynb #d958dbd9
 def register_merge(sub):
     p = sub.add_parser('merge', help='assemble one run from runs that trained disjoint subsets of the blocks of one '
                                      'configuration')
@@ -466,7 +476,7 @@ def run_merge(a):
     print(f"merged {len(a.runs)} runs into {out} (checkpoint {d.name}); evaluate it with: diffusionblocks train "
           f"--resume {out}")
 
-# %% ../nbs/23_cli.ipynb #2060017d
+# %% ../nbs/23_cli.ipynb #e5053973
 def register_partition(sub):
     p = sub.add_parser('partition', help='print the noise partition of B blocks')
     p.add_argument('--blocks', type=number(int, 1, 1024), required=True, help='number of blocks B (1 to 1024)')
@@ -479,7 +489,7 @@ def register_partition(sub):
     p.add_argument('--json', action='store_true', help='print one JSON object')
     p.set_defaults(run=run_partition)
 
-# %% ../nbs/23_cli.ipynb #bfffcb14
+# %% ../nbs/23_cli.ipynb #350c82d9
 def run_partition(a):
     try: edm = EDMConfig(sigma_min=a.sigma_min, sigma_max=a.sigma_max, p_mean=a.p_mean, p_std=a.p_std)
     except ValueError as e: raise CliError(str(e)) from None
@@ -493,5 +503,5 @@ def run_partition(a):
         print(f'{r["index"]:>5}  {r["sigma_hi"]:>9.4g}  {r["sigma_lo"]:>9.4g}  {r["train_hi"]:>9.4g}  '
               f'{r["train_lo"]:>9.4g}  {r["mass"]:>7.4f}')
 
-# %% ../nbs/23_cli.ipynb #40a0393a
+# %% ../nbs/23_cli.ipynb #4f97aa19
 if __name__ == '__main__': sys.exit(main())

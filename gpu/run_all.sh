@@ -19,13 +19,27 @@ part() {   # name seconds command...
 }
 $PY -c "import torch, sys; print(sys.version.split()[0], torch.__version__, torch.cuda.is_available(), torch.cuda.get_device_name() if torch.cuda.is_available() else '')" | tee "$RES/summary.txt"
 nproc | tee -a "$RES/summary.txt"
-# PARTS: which parts run (default: the ViT gap grid of issue 22, which fills the call; the others as before)
-PARTS="${PARTS:-vit_gap table1}"
+# PARTS: which parts run (default: `reproduce all --scale gpu-short`, which fills the call; vit_gap and table1 are
+# issue 22's, the others as before)
+PARTS="${PARTS:-reproduce}"
+DEV="$( [ "${SMOKE:-0}" = 1 ] && echo cpu || echo cuda )"
 has() { case " $PARTS " in *" $1 "*) return 0;; esac; return 1; }
 has vit_gap && part vit_gap "${GAP_TIMEOUT:-400}" env OUT="$RES/vit_gap" RUNS=/tmp/vit-gap-runs GAP_SECONDS="${GAP_SECONDS:-270}" $PY gpu/vit_gap.py
 pkill -f 'jc.run_job' 2>/dev/null; sleep 1   # runs a cut part left behind
 has vit_gap && part vit_gap_collect 40 env OUT="$RES/vit_gap" RUNS=/tmp/vit-gap-runs GAP_SECONDS=0 $PY gpu/vit_gap.py   # what finished, if the part was cut
-has table1 && part table1 "${T1_TIMEOUT:-$(( ${CALL_SECONDS:-585} - $(date +%s) + T_START ))}" $PY -m diffusionblocks.cli reproduce 1 --scale gpu-short --seeds "${T1_SEEDS:-3}" --processes 12 --device "$( [ "${SMOKE:-0}" = 1 ] && echo cpu || echo cuda )" --out "$RES/table1" ${SMOKE:+$( [ "$SMOKE" = 1 ] && echo --baseline-iterations 2 )}
+has table1 && part table1 "${T1_TIMEOUT:-$(( ${CALL_SECONDS:-585} - $(date +%s) + T_START ))}" $PY -m diffusionblocks.cli reproduce 1 --scale gpu-short --seeds "${T1_SEEDS:-3}" --processes 12 --device "$DEV" --out "$RES/table1" ${SMOKE:+$( [ "$SMOKE" = 1 ] && echo --baseline-iterations 2 )}
+# reproduce: every table at gpu-short, the cheap tables first, under the call's remaining time minus the collection;
+# finished arms live in runs/reproduce-all-gpu-short (carry it back next call: it resumes there), then --collect writes
+# the summary from whatever finished.
+REP_OUT="${REP_OUT:-runs/reproduce-all-gpu-short}"
+REP_ARGS="--scale gpu-short --seeds ${REP_SEEDS:-1} --out $REP_OUT --tables ${REP_TABLES:-1,6,pdiff,3,5,4,11,2,10,7}"
+has reproduce && part reproduce "${REP_TIMEOUT:-$(( ${CALL_SECONDS:-585} - 70 - $(date +%s) + T_START ))}" $PY -m diffusionblocks.cli reproduce all $REP_ARGS --processes "${REP_PROCS:-12}" --device "$DEV" ${SMOKE:+$( [ "$SMOKE" = 1 ] && echo --baseline-iterations 2 )}
+pkill -f 'jc.run_job' 2>/dev/null; sleep 1
+has reproduce && part reproduce_collect 40 $PY -m diffusionblocks.cli reproduce all $REP_ARGS --collect ${SMOKE:+$( [ "$SMOKE" = 1 ] && echo --baseline-iterations 2 )}
+if has reproduce && [ -d "$REP_OUT" ]; then
+  mkdir -p "$RES/reproduce_runs"; cp -r "$REP_OUT" "$RES/reproduce_runs/"
+  [ -f "$REP_OUT/summary.json" ] && cp "$REP_OUT/summary.json" "$OUT/reproduce_all_gpu_short.json"
+fi
 has engine && part engine 170 env ENGINE_SECONDS=160 OUT="$RES" $PY gpu/engine.py
 has scaling && part scaling 100 $PY -m diffusionblocks.cli bench scaling --procs 1 2 3 6 --blocks 6 --baseline-iterations 100 --device cpu --out "$RES/scaling"
 has nccl && part nccl 60 $PY -m torch.distributed.run --standalone --nproc-per-node 1 -m diffusionblocks.cli train --config digits --parallel blocks --baseline-iterations 60 --n-eval 200 --sample-steps 10 --device cuda --quiet --out "$RES/nccl/run"

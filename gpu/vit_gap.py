@@ -15,7 +15,8 @@ groups = GAP_GROUPS if not smoke else (('digits', ('e2e', 'faithful', 'default')
                                        ('digits', ('opt-ours', 'c2'), (1,)))
 res = measure(out=runs, path=out / 'vit_gap.json', device=dev, processes=int(os.environ.get('PROCS', 15 if not smoke else 2)),
               seeds=3 if not smoke else 1, groups=groups, deadline=deadline,
-              base_iterations=dict(digits=3, cifar10=3) if smoke else None)
+              base_iterations=dict(digits=3, cifar10=3) if smoke else None,
+              command='SMOKE=1 python gpu/vit_gap.py' if smoke else 'gpu/run_all.sh (PARTS=vit_gap: gpu/vit_gap.py; $OUT/vit_gap.json copied to nbs/results/)')
 for data, g in res.items():
     for k, s in g['summary'].items():
         print(data, f'{k}x', {a: round(100 * v['mean'], 1) for a, v in s['accuracy'].items()}, flush=True)

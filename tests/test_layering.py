@@ -10,7 +10,7 @@ PKG = Path(diffusionblocks.__file__).parent
 FOLDERS = set(TASKS.values())
 LAYERS = [{'errors'},
           {'theory', 'noise', 'flow', 'partition', 'layers', 'blocks', 'sampling', 'processes'},                    # the core
-          {'engine', 'checkpoint', 'train', 'parallel', 'residency', 'data', 'tokens', 'fid', 'lm_metrics', 'results'},  # engine, data, metrics, results files
+          {'engine', 'checkpoint', 'train', 'parallel', 'residency', 'data', 'tokens', 'fid', 'lm_metrics', 'results', 'plan'},  # engine, data, metrics, results files, the memory planner
           {'tasks', 'text_eval'},                                                                                  # the task API
           {'tasks.*'},                                                                                             # the task folders
           {'jobs.core', 'jobs.reproduce'},                                                                         # the run layer

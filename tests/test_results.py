@@ -47,3 +47,55 @@ def test_results_file_without_provenance_is_refused(tmp_path):
     d = json.loads(f.read_text()); d.pop('provenance'); f.write_text(json.dumps(d))
     r = subprocess.run([sys.executable, str(tmp_path / '.ci' / 'make_readme.py')], cwd=tmp_path, capture_output=True, text=True)
     assert r.returncode != 0 and 'lacks provenance' in r.stderr
+
+
+def _commands(command:str) -> list:
+    "The commands of a provenance record: split on ';' outside parentheses, each without its trailing note and env vars."
+    parts, depth, cur = [], 0, ''
+    for ch in command:
+        depth += (ch == '(') - (ch == ')')
+        if ch == ';' and depth == 0: parts.append(cur); cur = ''
+        else: cur += ch
+    out = []
+    for p in parts + [cur]:
+        p = p.strip()
+        while p.endswith(')') and ' (' in p and not p.split(' (')[0].endswith(')') and '(' not in p.split(' ')[0]:
+            p = p[:p.rindex(' (')].strip()                         # "cmd (a note)" -> "cmd"
+        words = p.split()
+        while words and '=' in words[0] and not words[0].startswith('-') and '(' not in words[0]: words.pop(0)
+        if words: out.append(' '.join(words))
+    return out
+
+def _check_command(cmd:str):
+    "A recorded command still runs as written: the CLI parses it, its notebook or script exists, its function exists."
+    import shlex, re
+    from diffusionblocks.cli import build_parser
+    if re.match(r'^[A-Za-z_]\w*\(', cmd):
+        from diffusionblocks._modidx import d
+        name = cmd.split('(')[0]
+        assert any(k.endswith('.' + name) for m in d['syms'].values() for k in m), f'no library function {name}'
+        return
+    words = shlex.split(cmd)
+    if words[0] == 'diffusionblocks': build_parser().parse_args(words[1:])      # SystemExit on a removed flag
+    elif words[0] == 'nbdev-test':
+        pat = words[words.index('--file-re') + 1]
+        assert any(re.search(pat, p.name) for p in (ROOT / 'nbs').glob('*.ipynb')), f'no notebook matches {pat!r}'
+    elif words[0] in ('bash', 'python', 'python3') or words[0].startswith('gpu/'):
+        script = words[1] if words[0] in ('bash', 'python', 'python3') else words[0]
+        assert (ROOT / script).is_file(), f'{script} does not exist'
+    else: raise AssertionError(f'unrecognised command {cmd!r}')
+
+@pytest.mark.parametrize('path', sorted(p.name for p in (ROOT / 'nbs' / 'results').glob('*.json')))
+def test_every_results_file_has_provenance_and_a_command_that_still_parses(path):
+    pv = load_results(ROOT / 'nbs' / 'results' / path)['provenance']
+    cmds = _commands(pv['command'])
+    assert cmds, pv['command']
+    for c in cmds: _check_command(c)
+
+def test_a_broken_command_is_caught():
+    assert _commands("A=1 diffusionblocks train --baseline (a note); nbdev-test --file-re 27b") == [
+        'diffusionblocks train --baseline', 'nbdev-test --file-re 27b']
+    from diffusionblocks.cli import CliError
+    with pytest.raises((SystemExit, CliError), match='unrecognized'): _check_command('diffusionblocks train --no-such-flag 3')
+    with pytest.raises(AssertionError, match='no notebook'): _check_command('nbdev-test --file-re 99_nothing')
+    with pytest.raises(AssertionError, match='no library function'): _check_command('no_such_function(x=1)')

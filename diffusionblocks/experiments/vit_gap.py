@@ -6,10 +6,11 @@
 __all__ = ['GAP_SIGMAS', 'GAP_DATA', 'GAP_ARMS', 'GAP_CHAIN', 'MAIN_ARMS', 'GAP_GROUPS', 'gap_job', 'vit_gap', 'gap_summary',
            'classification_headline', 'measure']
 
-# %% ../../nbs/17b_vit_gap.ipynb #cf1fcd74
+# %% ../../nbs/17b_vit_gap.ipynb #6ce5819f
 import json, statistics, time
 from pathlib import Path
 from ..errors import ConfigError
+from ..results import stamp
 from ..jobs.core import Job, make_job, run_jobs, read_metrics
 from ..tasks.classification.task import OFFICIAL_OPTIMISER, LIBRARY_DEFAULT
 import diffusionblocks.jobs.reproduce as rp
@@ -163,19 +164,21 @@ def gap_summary(rows:dict) -> dict:
         out[str(k)] = s
     return out
 
-# %% ../../nbs/17b_vit_gap.ipynb #3a1424bd
+# %% ../../nbs/17b_vit_gap.ipynb #d3d8e3f6
 def _pm(s) -> str: return f"{100 * s['mean']:.1f} ± {100 * s['std']:.1f}"
 def _sgn(x:float) -> str: return f'{x:+.1f}'.replace('-', '−')
 def _row_of(table:dict, arm:str) -> dict: return next(r for r in table['rows'] if r.get('arm') == arm)
 
-def classification_headline(reproduce='results/reproduce-cpu.json', gap='results/vit_gap.json',
-                            gap_cpu='results/vit_gap_cpu.json') -> str:
+def classification_headline(summary:dict,  # a recorded `reproduce all` summary (Tables 1 and 6)
+                            gap:dict,      # vit_gap.json (the budget sweep on the digits)
+                            gap_cpu:dict,  # vit_gap_cpu.json (the CIFAR-10 copy)
+                           ) -> str:
     "The README's classification bullet, from Tables 1 and 6 at CPU scale and the ViT-gap results."
-    rep, g = json.loads(Path(reproduce).read_text()), json.loads(Path(gap).read_text())['digits']['summary']
-    t1, t6 = rep['1'], rep['6']
-    a = lambda t, arm: f"{_row_of(t, arm)['ours']:.1f} ± {_row_of(t, arm)['spread']['std']:.1f}"
+    t1, t6, g = summary['tables']['1'], summary['tables']['6'], gap['digits']['summary']
+    a = lambda t, arm: f"{_row_of(t, arm)['ours']:.1f} ± {_row_of(t, arm)['std']:.1f}"
+    n = lambda t: min(r['n'] for r in t['rows'] if r['arm'])
     text = (f"* **ViT classification** (Table 1 at CPU scale: digits, ViT 6 × 64, 300 baseline iterations, "
-            f"{t1['seeds']} seeds): end-to-end {a(t1, 'e2e')} %, the library's DiffusionBlocks-ViT (B = 3) "
+            f"{n(t1)} seeds): end-to-end {a(t1, 'e2e')} %, the library's DiffusionBlocks-ViT (B = 3) "
             f"{a(t1, 'dblocks-default')} %, the faithful released-code model {a(t1, 'dblocks')} %, Forward-Forward "
             f"{a(t1, 'ff')} %. At 3× and 9× the budget (H200, 3 seeds) the default stays within "
             f"{max(abs(100 * g[k]['minus_e2e']['default']['mean']) for k in ('3', '9')):.1f} points of end-to-end "
@@ -183,8 +186,8 @@ def classification_headline(reproduce='results/reproduce-cpu.json', gap='results
             f"{_pm(g['9']['accuracy']['default'])} vs {_pm(g['9']['accuracy']['e2e'])} %) and the faithful model's "
             f"gap there shrinks from {_sgn(100 * g['1']['minus_e2e']['faithful']['mean'])} points at 1× to "
             f"{_sgn(100 * g['9']['minus_e2e']['faithful']['mean'])} at 9× (`17b_vit_gap`).")
-    if Path(gap_cpu).is_file() and 'cifar10' in json.loads(Path(gap_cpu).read_text()):
-        c = json.loads(Path(gap_cpu).read_text())['cifar10']
+    if 'cifar10' in gap_cpu:
+        c = gap_cpu['cifar10']
         cs = c['summary']['1']['accuracy']
         hard = rp._spread([r['accuracy_by_label_mix']['hard'] for r in c['rows'].values()
                            if r['arm'] == 'default' and 'hard' in (r.get('accuracy_by_label_mix') or {})])
@@ -193,11 +196,11 @@ def classification_headline(reproduce='results/reproduce-cpu.json', gap='results
                  f"{_pm(cs['default'])} %, faithful {_pm(cs['faithful'])} %; handing on the most likely label instead of "
                  f"the paper's soft mixture gives the default {_pm(hard)} %, and the rest is block 0 (2 of 6 layers) "
                  f"deciding alone at σ_max.")
-    text += (f" Table 6 (NoProp's CNN, digits, 3 seeds): backprop {a(t6, 'backprop-cnn')} %, NoProp-DT "
+    text += (f" Table 6 (NoProp's CNN, digits, {n(t6)} seeds): backprop {a(t6, 'backprop-cnn')} %, NoProp-DT "
              f"{a(t6, 'noprop-dt')} %, DiffusionBlocks {a(t6, 'dblocks-cnn')} %.")
     return text
 
-# %% ../../nbs/17b_vit_gap.ipynb #15241f02
+# %% ../../nbs/17b_vit_gap.ipynb #2d54aa31
 GAP_GROUPS = (   # (data, arms, multiples) in the order they run
     ('digits', MAIN_ARMS, (1, 3, 9)),
     ('cifar10', MAIN_ARMS, (1,)),
@@ -206,15 +209,21 @@ GAP_GROUPS = (   # (data, arms, multiples) in the order they run
     ('cifar10', ('opt-ours', 'c2', 'c3', 'c4', 'c5', 'c6'), (1,)),
 )
 def measure(out='runs/vit-gap', path='results/vit_gap.json', device=None, processes:int=2, seeds:int=3,
-            groups=GAP_GROUPS, deadline:float=None, base_iterations:dict=None) -> dict:
-    """Run the groups in order, writing `path` after each; past `deadline` (a time.time()) the rest are only read
-    (what finished); `base_iterations` {data: n} shrinks budgets for a quick check."""
+            groups=GAP_GROUPS, deadline:float=None, base_iterations:dict=None,
+            command:str='measure() of nbs/17b_vit_gap.ipynb',  # the provenance's command: what reruns this file
+           ) -> dict:
+    """Run the groups in order, writing `path` after each with its provenance (`results.stamp`: `command`, the rows'
+    seeds and hardware); past `deadline` (a time.time()) the rest are only read (what finished); `base_iterations`
+    {data: n} shrinks budgets for a quick check. Returns {data: its `vit_gap` result}."""
     path = Path(path)
     res = json.loads(path.read_text()) if path.is_file() else {}
+    res.pop('provenance', None)                                   # stamped afresh below
     for data, arms, mults in groups:
         late = deadline is not None and time.time() > deadline
         prev = res.get(data) if isinstance(res.get(data), dict) and 'rows' in res.get(data) else None
         res[data] = vit_gap(data, arms, mults, seeds, out, device, processes, results=prev, train=not late,
                             base_iterations=(base_iterations or {}).get(data))
-        path.write_text(json.dumps(res, indent=1))
+        rows = [r for g in res.values() if isinstance(g, dict) for r in g.get('rows', {}).values()]
+        stamp(path, res, command=command, seeds=sorted({r['seed'] for r in rows}) or list(range(seeds)),
+              hardware='; '.join(sorted({r['hardware'] for r in rows if r.get('hardware')})) or None)
     return res

@@ -531,15 +531,17 @@ def evaluate_run(run_dir, device=None, **settings) -> dict:
     ej = eval_job(job, settings)
     with torch.no_grad(): return get_task(job.task).evaluate(model, ej, data, next(model.parameters()).device)
 
-# %% ../../nbs/20_jobs.ipynb #b34d6d42
-def init_run(job:Job, out, model, n_train:int, meta:dict=None) -> Path:
+# %% ../../nbs/20_jobs.ipynb #ed2c42b4
+def init_run(job:Job, out, model, n_train:int, meta:dict=None,
+             train:dict=None,     # TrainConfig fields to record, e.g. train_blocks: the blocks `resume_run` then trains
+            ) -> Path:
     "Write a new run directory holding `model` as its iteration-0 checkpoint (no training); `resume_run` trains it."
     out = check_out_dir(out)
     try: out.mkdir(parents=True, exist_ok=True)
     except OSError as e: raise ConfigError(f"--out {out}: cannot create it ({e.strerror})") from None
     with RunDir(out).lock():
         check_out_dir(out)
-        Trainer(model, budget(job, n_train), run_dir=out, device='cpu', meta={'job': job.to_dict(),
+        Trainer(model, budget(job, n_train, **(train or {})), run_dir=out, device='cpu', meta={'job': job.to_dict(),
                                                                               **(meta or {})}).save()
     return out
 

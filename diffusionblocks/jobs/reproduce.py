@@ -4,7 +4,8 @@
 
 # %% auto #0
 __all__ = ['get_table', 'table_keys', 'table_arms', 'run_arm', 'reproduce', 'write_table', 'table_markdown', 'plot_table',
-           'row_delta', 'summarise', 'summary_markdown', 'plot_summary', 'reproduce_all', 'run_command']
+           'row_delta', 'summarise', 'summary_markdown', 'plot_summary', 'reproduce_all', 'reproduce_headline',
+           'run_command']
 
 # %% ../../nbs/33_reproduce.ipynb #cf9cbc45
 import json, math, statistics, time
@@ -181,7 +182,7 @@ def plot_table(res:dict, path) -> Path:
     fig.savefig(path, dpi=80); plt.close(fig)
     return Path(path)
 
-# %% ../../nbs/33_reproduce.ipynb #736296bd
+# %% ../../nbs/33_reproduce.ipynb #5eafdbc5
 def _t95(n:int) -> float:
     from scipy.stats import t
     return float(t.ppf(0.975, n - 1))
@@ -205,12 +206,13 @@ def row_delta(res:dict,   # a table.json
     return dict(table=res['table'], label=row['label'], unit=res['unit'], paper=row['paper'],
                 paper_reference=ref['paper'], delta_paper=dp, ours=row['ours'], ours_std=row['spread']['std'],
                 reference=ref_ours, delta_ours=sp['mean'], delta_ours_std=sp['std'], delta_ours_ci95=ci, n=len(d),
-                distinguishable=None if ci is None else bool(ci[0] > 0 or ci[1] < 0),
+                # a t-interval needs ≥ 2 paired seeds and some spread (equal deltas, e.g. one test image each, say nothing)
+                distinguishable=None if ci is None or sp['std'] <= 1e-4 * max(1., abs(sp['mean'])) else bool(ci[0] > 0 or ci[1] < 0),
                 sign_agrees=None if dp in (None, 0) or sp['mean'] is None else _sign(dp) == _sign(sp['mean']),
                 rel_paper=rel(dp, ref['paper']), rel_ours=rel(sp['mean'], ref_ours),
                 rel_ours_ci95=None if ci is None else sorted(rel(c, ref_ours) for c in ci))
 
-# %% ../../nbs/33_reproduce.ipynb #e4689486
+# %% ../../nbs/33_reproduce.ipynb #c0c4d406
 def summarise(tables:dict,        # {key: table.json dict}
               scale:str, seeds:int,
               errors:dict=None,   # {key: the one-line error of a table that failed}
@@ -222,7 +224,9 @@ def summarise(tables:dict,        # {key: table.json dict}
                    arms=len(res['arms']), finished=sum(a['finished'] for a in res['arms'].values()),
                    runs=len(res['arms']) * seeds,
                    train_seconds=round(sum(x or 0 for a in res['arms'].values() for x in a['train_seconds']), 1),
-                   hardware=res['hardware'])
+                   hardware=res['hardware'], reference=res['reference'], higher_is_better=res['higher_is_better'],
+                   rows=[dict(label=r['label'], arm=r['arm'], paper=r['paper'], ours=r['ours'], std=r['spread']['std'],
+                              n=r['spread']['n'], values=r['values'], seeds=r.get('seeds', [])) for r in res['rows']])
            for k, res in tables.items()}
     count = lambda f: sum(1 for r in comparable if f(r))
     return dict(scale=scale, seeds=seeds, tables=per, errors=errors or {}, rows=rows,
@@ -245,7 +249,8 @@ def summary_markdown(sm:dict) -> str:
              f"{c['rows']} rows against their table's reference row; {c['with_paper_delta']} have a paper delta. "
              f"Signs agree on {c['sign_agrees']} of them; {c['distinguishable']} of our deltas are distinguishable "
              f"from zero (95 % t-interval over paired seeds), {c['agrees_and_distinguishable']} of those with the "
-             f"paper's sign and {c['disagrees_and_distinguishable']} against it.", '',
+             f"paper's sign and {c['disagrees_and_distinguishable']} against it ('–': no paper delta, fewer than 2 "
+             "paired seeds, or no spread).", '',
              '| table | row | unit | Δ paper | Δ ours (mean ± std) | 95 % interval | sign agrees | ≠ 0 |',
              '|---|---|---|---|---|---|---|---|']
     for r in sm['rows']:
@@ -280,24 +285,25 @@ def plot_summary(sm:dict, path) -> Path:
     ax.set_ylabel(f"ours ({sm['scale']}, mean and 95 % interval over seeds), %", fontsize=8)
     ax.set_title(f"reproduce all: {sm['counts']['sign_agrees']}/{sm['counts']['with_paper_delta']} signs agree "
                  "(shaded: same sign)", fontsize=9)
-    ax.legend(fontsize=7, loc='upper left'); ax.tick_params(labelsize=7); fig.tight_layout()
+    if keys: ax.legend(fontsize=7, loc='upper left')
+    ax.tick_params(labelsize=7); fig.tight_layout()
     fig.savefig(path, dpi=90); plt.close(fig)
     return Path(path)
 
-# %% ../../nbs/33_reproduce.ipynb #cd4516a0
+# %% ../../nbs/33_reproduce.ipynb #a0ae4bfc
 def _table_keys_arg(tables) -> list:
     keys = table_keys()
     if tables is None: return keys
     got = [t.strip() for t in (tables.split(',') if isinstance(tables, str) else tables) if str(t).strip()]
     wrong = [t for t in got if t not in keys]
     if wrong or not got: raise ConfigError(f"--tables names no table {(wrong or [''])[0]!r}; tables: {', '.join(keys)}")
-    return [k for k in keys if k in got]
+    return list(dict.fromkeys(got))                   # in the order given (a device script runs the cheap ones first)
 
 def reproduce_all(scale:str='cpu',      # one of TABLE_SCALES
                   seeds:int=1,          # seeds 0 … seeds−1 per arm
                   out=None,             # output folder (default runs/reproduce-all-<scale>); table T goes to OUT/T
                   device=None,
-                  tables=None,          # only these tables (keys, or 'a,b'); default every registered table
+                  tables=None,          # only these tables, in this order (keys, or 'a,b'); default all
                   parallel:int=1,       # fresh arms of each table run as this many processes at a time
                   overrides:dict=None,  # Job fields applied to every arm (a quick check)
                   collect:bool=False,   # write the summary from the finished arms only; train nothing
@@ -312,7 +318,7 @@ def reproduce_all(scale:str='cpu',      # one of TABLE_SCALES
     out = Path(out if out is not None else Path('runs') / f'reproduce-all-{scale}')
     command = command or (f"diffusionblocks reproduce all --scale {scale} --seeds {seeds} --out {out}"
                           + (f" --tables {','.join(keys)}" if tables is not None else '')
-                          + (f" --device {device}" if device else ''))
+                          + (f" --device {device}" if device else '') + (' --collect' if collect else ''))
     got, errors, t0 = {}, {}, time.time()
     for k in keys:
         try:
@@ -336,7 +342,27 @@ def reproduce_all(scale:str='cpu',      # one of TABLE_SCALES
     plot_summary(sm, out / 'summary.png')
     return json.loads((out / 'summary.json').read_text())
 
-# %% ../../nbs/33_reproduce.ipynb #c385e96b
+# %% ../../nbs/33_reproduce.ipynb #5d81dbe4
+def reproduce_headline(sm:dict) -> str:
+    "The README bullet of a recorded `reproduce all` summary."
+    c, T = sm['counts'], sm['tables']
+    by_n = {}
+    for k, t in T.items(): by_n.setdefault(min((r['n'] for r in t['rows'] if r['arm']), default=0), []).append(k)
+    seeds = '; '.join((f"{n} seed{'s' * (n != 1)}" if n else 'not finished') + f": {', '.join(ks)}"
+                      for n, ks in sorted(by_n.items(), reverse=True))
+    against = [r for r in sm['rows'] if r['sign_agrees'] is False and r['distinguishable']]
+    name = lambda r: f"{r['label']} (Table {r['table']}, {r['delta_ours']:+.3g} {r['unit']} against the paper's {r['delta_paper']:+.3g})"
+    hours = sum(t['train_seconds'] for t in T.values()) / 3600
+    return (f"* **The paper's tables at CPU scale** (`diffusionblocks reproduce all --scale {sm['scale']}`, "
+            f"{sm['provenance']['date']}; {seeds}; `33_reproduce`): of {c['with_paper_delta']} rows with a paper delta "
+            f"against their table's reference row, ours has the paper's sign in {c['sign_agrees']}; "
+            f"{c['distinguishable']} of our deltas are distinguishable from zero (95 % interval over paired seeds), "
+            f"{c['agrees_and_distinguishable']} with the paper's sign and {c['disagrees_and_distinguishable']} against it"
+            + (f": {'; '.join(name(r) for r in against)}" if against else '')
+            + f". Data, models and metrics are smaller stand-ins (digits, TinyShakespeare, local FID / gen-PPL), so only "
+              f"signs are compared; training took {hours:.1f} h of single-thread runs, two at a time.")
+
+# %% ../../nbs/33_reproduce.ipynb #672994d4
 def _int(name, v, lo, hi):
     try: i = int(v)
     except (TypeError, ValueError): raise ConfigError(f"--{name} must be an integer, got {v!r}") from None

@@ -303,7 +303,7 @@ def _stage(out:Path) -> Path:
     "A hidden folder beside the run directory for the distillation teacher's files until the run is written."
     return Path(tempfile.mkdtemp(prefix=f'.{out.name}-teacher-', dir=out.parent))
 
-# %% ../../../nbs/36_jobs_convert.ipynb #16e2459b
+# %% ../../../nbs/36_jobs_convert.ipynb #66e0e741
 def convert(source,                  # a run directory, a diffusers folder or a hub id
             out,                     # the new run directory (new or empty)
             blocks:int=None,         # B
@@ -323,6 +323,9 @@ def convert(source,                  # a run directory, a diffusers folder or a 
             shift:float=None,
             # per-block LoRA (add_lora's arguments): the hook for diffusionblocks.tasks.converted.lora
             lora:dict=None,
+            batch_size:int=None,     # training batch of the fine-tuning (default: the source run's; 32 for diffusers)
+            # the blocks `train --resume` trains (default all): a part of the model, merged with the others by `merge`
+            train_blocks=None,
             # the run layer (`diffusionblocks.jobs.core`): Job, read_run, load_run, check_out_dir, init_run
             runs=None,
            ) -> dict:                # {'run_dir', 'job', 'split', 'params'}
@@ -334,6 +337,8 @@ def convert(source,                  # a run directory, a diffusers folder or a 
     its = baseline_iterations
     if its is not None and not (isinstance(its, int) and not isinstance(its, bool) and its >= 1):
         raise ConfigError(f"--baseline-iterations must be an integer >= 1, got {its!r}")
+    if batch_size is not None and not (isinstance(batch_size, int) and not isinstance(batch_size, bool) and batch_size >= 1):
+        raise ConfigError(f"--batch-size must be an integer >= 1, got {batch_size!r}")
     kind = source_kind(source)
     out = runs.check_out_dir(out)
     method = 'distill' if distill else 'dblocks'
@@ -357,7 +362,8 @@ def convert(source,                  # a run directory, a diffusers folder or a 
                                   seed=src_job.seed if seed is None else seed,
                                   baseline_iterations=its or src_job.baseline_iterations,
                                   epochs=None if its or src_job.baseline_iterations else src_job.epochs,
-                                  block_schedule=block_schedule or src_job.block_schedule)
+                                  block_schedule=block_schedule or src_job.block_schedule,
+                                  batch_size=batch_size or src_job.batch_size)
             out.mkdir(parents=True, exist_ok=True)
             stage = _stage(out) if distill else None
             if distill:
@@ -384,7 +390,7 @@ def convert(source,                  # a run directory, a diffusers folder or a 
                 FlowConfig(**m['flow'])                                          # one line on a bad field
             job = runs.Job(preset='convert', task='converted', model=m, data=data or 'digits', method=method,
                            blocks=len(split), split=tuple(split), overlap=0.05 if overlap is None else overlap,
-                           baseline_iterations=its or 100, batch_size=32, lr=1e-4, lr_schedule='constant',
+                           baseline_iterations=its or 100, batch_size=batch_size or 32, lr=1e-4, lr_schedule='constant',
                            warmup_fraction=0., ema=0., save_every=500, options=dict(n_eval=64, sample_steps=20),
                            seed=seed or 0, block_schedule=block_schedule or 'uniform')
             out.mkdir(parents=True, exist_ok=True)
@@ -394,7 +400,11 @@ def convert(source,                  # a run directory, a diffusers folder or a 
             model = wrap_diffusers(net, split=split, shared=shared, overlap=job.overlap, flow=_flow(m))
             if distill: _distill(model, teacher_of(job.replace(model={**m, 'teacher': str(stage / 'source')}), data_))
             if lora: _add_lora(model, lora)
-        runs.init_run(job, out, model, len(data_.train), meta={'converted_from': str(source)})
+        tb = sorted(set(train_blocks)) if train_blocks is not None else None
+        if tb is not None and (not tb or any(isinstance(k, bool) or not isinstance(k, int) or not 0 <= k < len(split) for k in tb)):
+            raise ConfigError(f"--train-blocks must name blocks in 0..{len(split) - 1}, got {list(train_blocks)}")
+        runs.init_run(job, out, model, len(data_.train), meta={'converted_from': str(source)},
+                      train={'train_blocks': tuple(tb)} if tb else None)
         # the teacher's files join the run once it is written (init_run wants an empty folder)
         if stage is not None:
             for p in stage.iterdir(): p.rename(out / p.name)
@@ -402,7 +412,7 @@ def convert(source,                  # a run directory, a diffusers folder or a 
         if stage is not None: shutil.rmtree(stage, ignore_errors=True)
     return dict(run_dir=str(out), job=job, split=split, params=sum(p.numel() for p in model.parameters()))
 
-# %% ../../../nbs/36_jobs_convert.ipynb #ecc9c999
+# %% ../../../nbs/36_jobs_convert.ipynb #e159097b
 @dataclass(frozen=True)
 class ConvertArgs(Options):
     "The `convert` command's arguments."
@@ -425,17 +435,30 @@ class ConvertArgs(Options):
     seed:int|None = option(None, 'seed', lo=0, hi=2**62)
     shift:float|None = option(None, "flow models: the shift of the t density (default: the source's scheduler config; "
                                     "Flux: its dynamic shift)", lo=1e-3, hi=1e3)
+    batch_size:int|None = option(None, "training batch of the fine-tuning (default: the source run's; 32 for diffusers "
+                                       "models)", lo=1, hi=65536)
+    train_blocks:tuple[int, ...]|None = option(None, "the blocks `train --resume` trains (default all): one part of the "
+                                                     "model, assembled with the other parts by `merge`", lo=0, hi=1023)
+    lora_rank:int|None = option(None, 'fine-tune per-block LoRA adapters of this rank on the attention and MLP linear '
+                                      'layers, the weights frozen', lo=1, hi=65536)
     json:bool = option(False, 'print one JSON object')
     POSITIONAL = ('source',); REQUIRED = ('out',)
     ALIASES = {'iterations': 'baseline_iterations', 'schedule': 'block_schedule'}   # older spellings (a note names the new one)
 
-# %% ../../../nbs/36_jobs_convert.ipynb #ba23c68e
+# %% ../../../nbs/36_jobs_convert.ipynb #f9a1c17e
+def _lora_spec(rank, source) -> dict:
+    "add_lora's arguments for --lora-rank: diffusers models' attention and MLP linears, or our DiT's."
+    if rank is None: return None
+    from diffusionblocks.tasks.converted.lora import DIFFUSERS_TARGETS, DEFAULT_TARGETS
+    return dict(rank=rank, targets=list(DEFAULT_TARGETS if source_kind(source) == 'run' else DIFFUSERS_TARGETS))
+
 def convert_command(a:ConvertArgs, runs) -> str:
     "`diffusionblocks convert`: convert, then one line (or JSON) naming the run and how to fine-tune it."
     if a.source is None or a.out is None: raise ConfigError('convert needs SOURCE and --out RUN')
     r = convert(a.source, a.out, a.blocks, a.layers_per_block, a.shared, a.distill, a.baseline_iterations, a.overlap,
                 a.data, a.seed,
-                a.block_schedule, shift=a.shift, runs=runs)
+                a.block_schedule, shift=a.shift, runs=runs, batch_size=a.batch_size, train_blocks=a.train_blocks,
+                lora=_lora_spec(a.lora_rank, a.source))
     line = dict(run_dir=r['run_dir'], blocks=len(r['split']), split=r['split'], params=r['params'],
                 method=r['job'].method)
     return json.dumps(line) if a.json else (f"converted {a.source} into {line['blocks']} blocks {line['split']} "

@@ -204,17 +204,16 @@ TASK = register_task(Task('image-generation', methods=('dblocks', 'e2e'), blockw
                           load_data=load_data, build=build, evaluate=evaluate, sample=sample, report=report,
                           bench_models=BENCH_MODELS))
 
-# %% ../../../nbs/21_jobs_image.ipynb #d1cd9d50
-_DIT = {'cpu': ('digits', dict(baseline_iterations=300, options=dict(n_eval=500))),
+# %% ../../../nbs/21_jobs_image.ipynb #7ef5dd76
+_DIT = {'cpu': ('digits', dict(baseline_iterations=1500, options=dict(n_eval=500))),   # the main job's budget
         'gpu-short': ('dit-s2-cifar10', dict(baseline_iterations=1500, options=dict(n_eval=5000,
                                                                                     feature_iterations=2000))),
         'paper': ('dit-s2-cifar10', {})}
 _HALF = {(4, 4, 4): (2, 2, 2), (3, 6, 3): (1, 4, 1), (6, 4, 2): (3, 2, 1), (2, 4, 6): (1, 2, 3)}
 
-def _dit(scale, baseline=False, ablation=False, **kw):
-    "A DiT arm at a scale (the γ = 0 ablations get 200 baseline iterations at cpu scale)."
+def _dit(scale, baseline=False, **kw):
+    "A DiT arm at a scale."
     preset, base = _DIT[scale]
-    base = {**base, **({'baseline_iterations': 200} if scale == 'cpu' and ablation else {})}
     return dict(preset=preset, baseline=baseline, **{**base, **kw})
 
 register_table('2', 'DiT image generation on CIFAR-10 (Sec. 5.2)',
@@ -222,18 +221,17 @@ register_table('2', 'DiT image generation on CIFAR-10 (Sec. 5.2)',
                'fid_local', lambda s: {'e2e': _dit(s, True), 'dblocks': _dit(s)}, 'DiT (end-to-end)', unit='FID',
                factor=1., higher_is_better=False,
                paper_metric='test FID (clean-fid, 50k samples); ours: local FID against the train split',
-               notes={'cpu': 'embedded 8x8 digits, DiT 6x64, 300 baseline iterations, 500 '
+               notes={'cpu': 'embedded 8x8 digits, DiT 6x64, 1,500 baseline iterations (the main job), 500 '
                              'samples', 'gpu-short': 'CIFAR-10 copy, DiT-S/2, 1,500 baseline iterations, 5,000 samples',
                       'paper': 'dit-s2-cifar10 preset as it is'})
 
-# %% ../../../nbs/21_jobs_image.ipynb #96a3ddfc
+# %% ../../../nbs/21_jobs_image.ipynb #b74afa62
 def _t7(scale):
-    arms = {'e2e': _dit(scale, True, ablation=True)}
+    arms = {'e2e': _dit(scale, True)}
     for split in _HALF:
         sp = _HALF[split] if scale == 'cpu' else split
         for scheme in ('log-uniform', 'equal-mass'):
-            arms[f"{scheme}-{''.join(map(str, split))}"] = _dit(scale, overlap=0., scheme=scheme, split=sp,
-                                                                ablation=True)
+            arms[f"{scheme}-{''.join(map(str, split))}"] = _dit(scale, overlap=0., scheme=scheme, split=sp)
     return arms
 
 register_table('7', 'Partitioning x layer distribution at γ = 0, B = 3 (CIFAR-10 DiT-S/2)',
@@ -245,17 +243,16 @@ register_table('7', 'Partitioning x layer distribution at γ = 0, B = 3 (CIFAR-1
                                               ('equal-mass', 'equi-probability')), vals)],
                'fid_local', _t7, 'end-to-end (Table 2)', unit='FID', factor=1., higher_is_better=False,
                paper_metric='test FID, γ = 0; ours: local FID against the train split',
-               notes={'cpu': 'embedded 8x8 digits, DiT 6x64 with each layer distribution halved, 200 baseline '
+               notes={'cpu': 'embedded 8x8 digits, DiT 6x64 with each layer distribution halved, 1,500 baseline '
                              'iterations, 500 samples',
                       'gpu-short': 'CIFAR-10 copy, DiT-S/2, 1,500 baseline iterations',
                       'paper': 'dit-s2-cifar10, γ = 0'})
 
-# %% ../../../nbs/21_jobs_image.ipynb #ad50f9ad
+# %% ../../../nbs/21_jobs_image.ipynb #91eab6e6
 def _t10(scale):
-    arms = {'B1': _dit(scale, True, ablation=True)}
+    arms = {'B1': _dit(scale, True)}
     for B in (2, 3, 4, 6):
-        arms[f'B{B}'] = _dit(scale, blocks=B, overlap=0., split=(2, 2, 1, 1) if (scale == 'cpu' and B == 4) else None,
-                             ablation=True)
+        arms[f'B{B}'] = _dit(scale, blocks=B, overlap=0., split=(2, 2, 1, 1) if (scale == 'cpu' and B == 4) else None)
     return arms
 
 register_table('10', 'Number of blocks B at γ = 0 (CIFAR-10 DiT-S/2, App. F.2)',
@@ -263,7 +260,7 @@ register_table('10', 'Number of blocks B at γ = 0 (CIFAR-10 DiT-S/2, App. F.2)'
                 ('B = 4', 'B4', 45.43), ('B = 6', 'B6', 53.32)],
                'fid_local', _t10, 'B = 1 (end-to-end)', unit='FID', factor=1., higher_is_better=False,
                paper_metric='test FID, γ = 0; ours: local FID against the train split',
-               notes={'cpu': 'embedded 8x8 digits, DiT 6x64 (B = 4: layers [2,2,1,1]), 200 baseline iterations, 500 '
+               notes={'cpu': 'embedded 8x8 digits, DiT 6x64 (B = 4: layers [2,2,1,1]), 1,500 baseline iterations, 500 '
                              'samples',
                       'gpu-short': 'CIFAR-10 copy, DiT-S/2, 1,500 baseline iterations',
                       'paper': 'dit-s2-cifar10, γ = 0'})
