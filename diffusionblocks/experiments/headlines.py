@@ -6,11 +6,12 @@
 __all__ = ['HEADLINES', 'pdiff_headline', 'lm_memory_headline', 'dit_memory_headline', 'dit_sampling_headline',
            'main_job_headline', 'under_load_headline', 'parallel_headline', 'convert_headline']
 
-# %% ../../nbs/33b_headlines.ipynb #18d7b4d5
+# %% ../../nbs/33b_headlines.ipynb #798beb2d
 import statistics
 from .lm_fidelity import language_headline
 from .vit_gap import classification_headline
 from ..jobs.reproduce import reproduce_headline
+from .flagship import flagship_headline
 
 def _ms(xs, scale=100., d=2):
     xs = [scale * x for x in xs]
@@ -128,5 +129,6 @@ HEADLINES = {'reproduce': ('results/reproduce-all-cpu.json', reproduce_headline)
              'pdiff': ('results/pdiff-cpu.json', pdiff_headline),
              'under-load': ('results/bench-threads-digits-cpu.json', under_load_headline),
              'parallel': ('results/bench-scaling-cpu.json', parallel_headline),
+             'flagship': ('results/flagship-cpu.json', flagship_headline),
              'convert': (('results/convert-digits-cpu.json', 'results/convert-memory-cpu.json',
                           'results/convert-teacher-agreement-cpu.json'), convert_headline)}

@@ -342,7 +342,7 @@ def reproduce_all(scale:str='cpu',      # one of TABLE_SCALES
     plot_summary(sm, out / 'summary.png')
     return json.loads((out / 'summary.json').read_text())
 
-# %% ../../nbs/33_reproduce.ipynb #5d81dbe4
+# %% ../../nbs/33_reproduce.ipynb #51f3a825
 def reproduce_headline(sm:dict) -> str:
     "The README bullet of a recorded `reproduce all` summary."
     c, T = sm['counts'], sm['tables']
@@ -362,7 +362,7 @@ def reproduce_headline(sm:dict) -> str:
             + f". Data, models and metrics are smaller stand-ins (digits, TinyShakespeare, local FID / gen-PPL), so only "
               f"signs are compared; training took {hours:.1f} h of single-thread runs, two at a time.")
 
-# %% ../../nbs/33_reproduce.ipynb #672994d4
+# %% ../../nbs/33_reproduce.ipynb #c0843b7c
 def _int(name, v, lo, hi):
     try: i = int(v)
     except (TypeError, ValueError): raise ConfigError(f"--{name} must be an integer, got {v!r}") from None
