@@ -392,7 +392,7 @@ def register_reproduce(sub):
     p.add_argument('--processes', default='1', help='fresh arms run as this many processes at a time (default 1)')
     p.add_argument('--tables', help='with all: only these tables, comma-separated (e.g. 1,6,pdiff)')
     p.add_argument('--collect', action='store_true',
-                   help='with all: write the summary from the finished arms, training nothing')
+                   help='with all: write the summary from the finished arms, training nothing (tables whose folders are gone are kept from OUT/summary.json)')
     p.set_defaults(run=run_reproduce)
 
 def run_reproduce(a):

@@ -4,8 +4,8 @@
 
 # %% auto #0
 __all__ = ['get_table', 'table_keys', 'table_arms', 'run_arm', 'reproduce', 'write_table', 'table_markdown', 'plot_table',
-           'row_delta', 'summarise', 'summary_markdown', 'plot_summary', 'reproduce_all', 'reproduce_headline',
-           'run_command']
+           'row_delta', 'summarise', 'summary_counts', 'keep_recorded', 'summary_markdown', 'plot_summary',
+           'reproduce_all', 'reproduce_headline', 'run_command']
 
 # %% ../../nbs/33_reproduce.ipynb #cf9cbc45
 import json, math, statistics, time
@@ -212,7 +212,7 @@ def row_delta(res:dict,   # a table.json
                 rel_paper=rel(dp, ref['paper']), rel_ours=rel(sp['mean'], ref_ours),
                 rel_ours_ci95=None if ci is None else sorted(rel(c, ref_ours) for c in ci))
 
-# %% ../../nbs/33_reproduce.ipynb #c0c4d406
+# %% ../../nbs/33_reproduce.ipynb #848ef7cf
 def summarise(tables:dict,        # {key: table.json dict}
               scale:str, seeds:int,
               errors:dict=None,   # {key: the one-line error of a table that failed}
@@ -228,13 +228,34 @@ def summarise(tables:dict,        # {key: table.json dict}
                    rows=[dict(label=r['label'], arm=r['arm'], paper=r['paper'], ours=r['ours'], std=r['spread']['std'],
                               n=r['spread']['n'], values=r['values'], seeds=r.get('seeds', [])) for r in res['rows']])
            for k, res in tables.items()}
+    return dict(scale=scale, seeds=seeds, tables=per, errors=errors or {}, rows=rows, counts=summary_counts(rows))
+
+def summary_counts(rows:list) -> dict:
+    "How many rows have a paper delta, agree with its sign, and are distinguishable from zero."
+    comparable = [r for r in rows if r['sign_agrees'] is not None]
     count = lambda f: sum(1 for r in comparable if f(r))
-    return dict(scale=scale, seeds=seeds, tables=per, errors=errors or {}, rows=rows,
-                counts=dict(rows=len(rows), with_paper_delta=len(comparable),
-                            sign_agrees=count(lambda r: r['sign_agrees']),
-                            distinguishable=count(lambda r: r['distinguishable']),
-                            agrees_and_distinguishable=count(lambda r: r['sign_agrees'] and r['distinguishable']),
-                            disagrees_and_distinguishable=count(lambda r: not r['sign_agrees'] and r['distinguishable'])))
+    return dict(rows=len(rows), with_paper_delta=len(comparable),
+                sign_agrees=count(lambda r: r['sign_agrees']),
+                distinguishable=count(lambda r: r['distinguishable']),
+                agrees_and_distinguishable=count(lambda r: r['sign_agrees'] and r['distinguishable']),
+                disagrees_and_distinguishable=count(lambda r: not r['sign_agrees'] and r['distinguishable']))
+
+def keep_recorded(sm:dict,     # a fresh summary (`summarise`)
+                  prev:dict,   # an earlier summary.json of the same scale
+                  keys:list,   # the tables asked for, in order
+                 ) -> dict:
+    """`sm` with the tables `prev` recorded but `sm` lacks (their run folders gone), kept as recorded: their rows,
+    cost and hardware, and under `kept` the provenance they were recorded with. A table `sm` has is never replaced."""
+    if prev.get('scale') != sm['scale']: raise ConfigError(f"the earlier summary is at scale {prev.get('scale')!r}, not {sm['scale']!r}")
+    old = [k for k in keys if k not in sm['tables'] and k not in sm['errors'] and k in prev['tables']]
+    if not old: return sm
+    tables = {k: sm['tables'].get(k) or prev['tables'][k] for k in keys if k in sm['tables'] or k in old}
+    rows = [r for k in tables for r in (sm['rows'] if k in sm['tables'] else prev['rows']) if r['table'] == k]
+    pv = prev.get('provenance', {})
+    kept = {**prev.get('kept', {}), **{k: prev.get('kept', {}).get(k) or {f: pv.get(f) for f in ('command', 'commit', 'date')}
+                                       for k in old}}
+    return {**sm, 'tables': tables, 'rows': rows, 'counts': summary_counts(rows),
+            'kept': {k: v for k, v in kept.items() if k in old}}
 
 def _pm(r:dict) -> str:
     if r['delta_ours'] is None: return '–'
@@ -260,6 +281,8 @@ def summary_markdown(sm:dict) -> str:
     lines += ['', '| table | title | finished runs | training seconds (sum) |', '|---|---|---|---|']
     lines += [f"| {k} | {t['title']} | {t['finished']}/{t['runs']} | {t['train_seconds']:.0f} |"
               for k, t in sm['tables'].items()]
+    lines += [f"\n**Table {k}** kept as recorded by `{v['command']}` (commit {v['commit']}, {v['date']})."
+              for k, v in sm.get('kept', {}).items()]
     lines += [f"\n**Table {k} failed:** {e}" for k, e in sm['errors'].items()]
     return '\n'.join(lines) + '\n'
 
@@ -290,7 +313,7 @@ def plot_summary(sm:dict, path) -> Path:
     fig.savefig(path, dpi=90); plt.close(fig)
     return Path(path)
 
-# %% ../../nbs/33_reproduce.ipynb #a0ae4bfc
+# %% ../../nbs/33_reproduce.ipynb #ba10f0cc
 def _table_keys_arg(tables) -> list:
     keys = table_keys()
     if tables is None: return keys
@@ -306,7 +329,8 @@ def reproduce_all(scale:str='cpu',      # one of TABLE_SCALES
                   tables=None,          # only these tables, in this order (keys, or 'a,b'); default all
                   parallel:int=1,       # fresh arms of each table run as this many processes at a time
                   overrides:dict=None,  # Job fields applied to every arm (a quick check)
-                  collect:bool=False,   # write the summary from the finished arms only; train nothing
+                  collect:bool=False,   # write the summary from the finished arms only; train nothing (tables an
+                                        # earlier OUT/summary.json recorded whose folders are gone are kept as recorded)
                   progress:bool=False,
                   command:str=None,     # the command line recorded in summary.json
                  ) -> dict:             # summary.json's content
@@ -320,6 +344,7 @@ def reproduce_all(scale:str='cpu',      # one of TABLE_SCALES
                           + (f" --tables {','.join(keys)}" if tables is not None else '')
                           + (f" --device {device}" if device else '') + (' --collect' if collect else ''))
     got, errors, t0 = {}, {}, time.time()
+    prev = json.loads((out / 'summary.json').read_text()) if collect and (out / 'summary.json').is_file() else None
     for k in keys:
         try:
             if collect:
@@ -333,6 +358,7 @@ def reproduce_all(scale:str='cpu',      # one of TABLE_SCALES
         except Exception as e:                     # one table's failure does not lose the others
             errors[k] = f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"
     sm = summarise(got, scale, seeds, errors)
+    if prev is not None: sm = keep_recorded(sm, prev, keys)
     sm['wall_seconds'] = round(time.time() - t0, 1)
     hw = sorted({h for t in sm['tables'].values() for h in t['hardware']})
     out.mkdir(parents=True, exist_ok=True)
@@ -342,7 +368,7 @@ def reproduce_all(scale:str='cpu',      # one of TABLE_SCALES
     plot_summary(sm, out / 'summary.png')
     return json.loads((out / 'summary.json').read_text())
 
-# %% ../../nbs/33_reproduce.ipynb #51f3a825
+# %% ../../nbs/33_reproduce.ipynb #9ed30199
 def reproduce_headline(sm:dict) -> str:
     "The README bullet of a recorded `reproduce all` summary."
     c, T = sm['counts'], sm['tables']
@@ -362,7 +388,7 @@ def reproduce_headline(sm:dict) -> str:
             + f". Data, models and metrics are smaller stand-ins (digits, TinyShakespeare, local FID / gen-PPL), so only "
               f"signs are compared; training took {hours:.1f} h of single-thread runs, two at a time.")
 
-# %% ../../nbs/33_reproduce.ipynb #c0843b7c
+# %% ../../nbs/33_reproduce.ipynb #37643e14
 def _int(name, v, lo, hi):
     try: i = int(v)
     except (TypeError, ValueError): raise ConfigError(f"--{name} must be an integer, got {v!r}") from None
